@@ -1,0 +1,55 @@
+"""Namespaces: unshare(2), setns(2), and the names the OCI spec and /proc/PID/ns use for them."""
+
+from __future__ import annotations
+
+import os
+
+from stockade.kernel.libc import check, libc
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# OCI namespace type -> (clone flag, name of the file under /proc/PID/ns)
+NAMESPACES: dict[str, tuple[int, str]] = {
+    "user": (CLONE_NEWUSER, "user"),
+    "mount": (CLONE_NEWNS, "mnt"),
+    "pid": (CLONE_NEWPID, "pid"),
+    "uts": (CLONE_NEWUTS, "uts"),
+    "ipc": (CLONE_NEWIPC, "ipc"),
+    "network": (CLONE_NEWNET, "net"),
+    "cgroup": (CLONE_NEWCGROUP, "cgroup"),
+    "time": (CLONE_NEWTIME, "time"),
+}
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces (pid and time apply to children only)."""
+    check(libc.unshare(flags), "unshare", hex(flags))
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    """Join the namespace behind `fd`; `what` names it (path or type) in errors."""
+    check(libc.setns(fd, nstype), "setns", what)
+
+
+def ns_inode(pid: int | str, kind: str) -> int:
+    """Inode of /proc/PID/ns/KIND: equal inodes mean the same namespace."""
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def write_time_offsets(offsets: dict[str, tuple[int, int]]) -> None:
+    """Set a new time namespace's clock offsets; allowed only before any process enters it."""
+    lines = "".join(f"{clock} {secs} {nsecs}\n" for clock, (secs, nsecs) in offsets.items())
+    fd = os.open("/proc/self/timens_offsets", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, lines.encode())
+    except OSError as e:
+        raise OSError(e.errno, f"write timens_offsets: {os.strerror(e.errno or 0)}") from None
+    finally:
+        os.close(fd)

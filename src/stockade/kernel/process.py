@@ -1,0 +1,102 @@
+"""Process attributes: prctl, hostname, personality, close_range, pidfds."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from stockade.kernel.libc import check, libc, syscall
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+PER_LINUX = 0x0000
+PER_LINUX32 = 0x0008
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int:
+    return check(libc.prctl(option, arg2, arg3, 0, 0), what)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_dumpable(on: bool) -> None:
+    prctl(PR_SET_DUMPABLE, int(on), what="prctl(PR_SET_DUMPABLE)")
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def set_keepcaps(on: bool) -> None:
+    prctl(PR_SET_KEEPCAPS, int(on), what="prctl(PR_SET_KEEPCAPS)")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig, what="prctl(PR_SET_PDEATHSIG)")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    check(libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname", name)
+
+
+def personality(persona: int) -> None:
+    check(libc.personality(ctypes.c_ulong(persona)), "personality", hex(persona))
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    check(libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_int(flags)), "close_range")
+
+
+def pidfd_open(pid: int) -> int:
+    return syscall("pidfd_open", ctypes.c_int(pid), ctypes.c_uint(0), obj=f"pid {pid}")
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    syscall("pidfd_send_signal", ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0), obj=f"signal {sig}")
+
+
+def write_proc_file(path: str, value: str) -> None:
+    """Write a /proc or /sys file in one write(2), as the kernel expects for map and knob files."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks); None if the process is gone
+    or is a zombie. A recorded start time guards every later use of a PID against reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+

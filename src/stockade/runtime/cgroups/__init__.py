@@ -1,0 +1,87 @@
+"""Cgroups: detect the host's layout and pick the driver.
+
+Three layouts exist: unified (cgroup v2 only), legacy (v1 only) and hybrid (v1 controllers
+plus a cgroup2 mount, usually at /sys/fs/cgroup/unified, holding whatever controllers no v1
+hierarchy took; on this project's host that is hugetlb). One driver interface serves all
+three: `V1Manager` handles legacy and hybrid (using each controller where it is mounted),
+`V2Manager` handles unified. A container's cgroup paths are recorded in its state as a map
+hierarchy-name -> absolute directory ("" is the cgroup2 hierarchy).
+"""
+
+from __future__ import annotations
+
+import os
+
+from stockade.errors import ContainerError
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+class Layout:
+    """Where each hierarchy is mounted: {"memory": "/sys/fs/cgroup/memory", ..., "": cgroup2 mount}."""
+
+    __slots__ = ("v1", "unified")
+
+    def __init__(self, v1: dict[str, str], unified: str | None) -> None:
+        self.v1 = v1
+        self.unified = unified
+
+    @property
+    def kind(self) -> str:
+        if not self.v1:
+            return "unified" if self.unified else "none"
+        return "hybrid" if self.unified else "legacy"
+
+
+def detect_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
+    """Read the cgroup mounts from mountinfo (injectable for unit tests)."""
+    v1: dict[str, str] = {}
+    unified = None
+    with open(mountinfo) as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = pre.split()
+            fstype, _source, super_opts = (post.split() + ["", "", ""])[:3]
+            mount_point = fields[4]
+            if fstype == "cgroup2":
+                unified = unified or mount_point
+            elif fstype == "cgroup":
+                for opt in super_opts.split(","):
+                    if opt in ("rw", "ro") or opt.startswith(("release_agent=", "clone_children", "noprefix")):
+                        continue
+                    v1.setdefault(opt, mount_point)
+    return Layout(v1, unified)
+
+
+def own_cgroups(pid: str = "self") -> dict[str, str]:
+    """The calling process's cgroup per hierarchy: {"memory": "/a/b", "": "/" (v2)}."""
+    out: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if not controllers:
+                out[""] = path
+            for controller in controllers.split(","):
+                out[controller] = path
+    return out
+
+
+def resolve_path(cgroups_path: str | None, container_id: str, own: str) -> str:
+    """linux.cgroupsPath as runc reads it: absolute as given, relative under the runtime's
+    own cgroup; a default of /stockade/<id> when unset."""
+    if not cgroups_path:
+        return f"/stockade/{container_id}"
+    if ":" in cgroups_path and not cgroups_path.startswith("/"):
+        raise ContainerError(
+            f'cgroupsPath "{cgroups_path}" is in systemd form (slice:prefix:name); '
+            "the systemd cgroup driver is not supported, use a cgroupfs path"
+        )
+    if cgroups_path.startswith("/"):
+        return os.path.normpath(cgroups_path)
+    return os.path.normpath(os.path.join(own, cgroups_path))
+
+
+def manager_for(layout: Layout) -> type:
+    from stockade.runtime.cgroups import v1, v2
+
+    return v2.V2Manager if layout.kind == "unified" else v1.V1Manager

@@ -1,0 +1,140 @@
+"""What both cgroup drivers share: directories per hierarchy, joining, listing, removal."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+from stockade.errors import ContainerError
+
+
+def write(path: str, value: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ContainerError(f"cgroup: open {path}: {os.strerror(e.errno or 0)}") from None
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        raise ContainerError(f"cgroup: write {value!r} to {path}: {os.strerror(e.errno or 0)}") from None
+    finally:
+        os.close(fd)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class Manager:
+    """A container's cgroup: `paths` maps hierarchy name -> absolute directory."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = paths
+
+    # -- set-up --------------------------------------------------------------------------
+    def create(self) -> None:
+        made: list[str] = []
+        try:
+            for path in self.paths.values():
+                if not os.path.isdir(path):
+                    os.makedirs(path, exist_ok=True)
+                    made.append(path)
+        except OSError as e:
+            for path in reversed(made):
+                _rmdir_quiet(path)
+            raise ContainerError(f"cgroup: create {e.filename}: {os.strerror(e.errno or 0)}") from None
+
+    def join(self, pid: int) -> None:
+        for path in self.paths.values():
+            write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def apply(self, resources: dict | None, devices: list | None = None) -> None:
+        raise NotImplementedError
+
+    # -- queries -------------------------------------------------------------------------
+    def pids(self) -> list[int]:
+        """Every process in the container's cgroup (and below it)."""
+        path = self._pid_source()
+        found: list[int] = []
+        if path is None:
+            return found
+        for dirpath, _dirs, _files in os.walk(path):
+            try:
+                found.extend(int(p) for p in read(os.path.join(dirpath, "cgroup.procs")).split())
+            except OSError:
+                continue
+        return found
+
+    def _pid_source(self) -> str | None:
+        for name in ("pids", "memory", "freezer", "cpu", "", "systemd"):
+            path = self.paths.get(name)
+            if path and os.path.isdir(path):
+                return path
+        return None
+
+    def frozen(self) -> bool:
+        raise NotImplementedError
+
+    def freeze(self, on: bool) -> None:
+        raise NotImplementedError
+
+    # -- tear-down -----------------------------------------------------------------------
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill what is left and remove every directory; empty parents we made go too."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            if not pids:
+                break
+            if self.frozen():
+                self.freeze(False)
+            self.kill_all()
+            if time.monotonic() > deadline:
+                raise ContainerError(f"cgroup: processes {pids[:5]} do not die")
+            time.sleep(0.01)
+        for path in self.paths.values():
+            _remove_tree(path, deadline)
+            _remove_empty_parent(path)
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _remove_tree(path: str, deadline: float) -> None:
+    """rmdir children first; a cgroup directory is removable once its tasks are reaped."""
+    if not os.path.isdir(path):
+        return
+    for dirpath, dirs, _files in os.walk(path, topdown=False):
+        for d in dirs:
+            _rmdir_quiet(os.path.join(dirpath, d))
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise ContainerError(f"cgroup: remove {path}: {os.strerror(e.errno or 0)}") from None
+            time.sleep(0.01)
+
+
+def _remove_empty_parent(path: str) -> None:
+    """Remove the default parent (…/stockade) when the last container under it is gone."""
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == "stockade":
+        _rmdir_quiet(parent)

@@ -1,0 +1,105 @@
+"""cgroup v1 (legacy and hybrid hosts): one directory per controller hierarchy."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from stockade.errors import ContainerError
+from stockade.runtime.cgroups import Layout
+from stockade.runtime.cgroups.base import Manager, read, write
+from stockade.runtime.cgroups.devices import device_rules
+
+
+def device_rule(rule: dict[str, Any]) -> str:
+    """An OCI device rule as a devices.allow/deny line: "c 1:3 rwm"."""
+    kind = rule.get("type") or "a"
+    major = rule.get("major")
+    minor = rule.get("minor")
+    access = rule.get("access") or "rwm"
+    return f"{kind} {'*' if major in (None, -1) else major}:{'*' if minor in (None, -1) else minor} {access}"
+
+
+class V1Manager(Manager):
+    @classmethod
+    def for_path(cls, layout: Layout, own: dict[str, str], path: str) -> V1Manager:
+        paths = {name: os.path.join(mount, path.lstrip("/")) for name, mount in layout.v1.items()}
+        if layout.unified:
+            # Hybrid: the cgroup2 hierarchy holds the controllers no v1 hierarchy took.
+            paths[""] = os.path.join(layout.unified, path.lstrip("/"))
+        return cls(paths)
+
+    def create(self) -> None:
+        cpuset = self.paths.get("cpuset")
+        missing = cpuset is not None and not os.path.isdir(cpuset)
+        super().create()
+        if missing and cpuset:
+            _inherit_cpuset(cpuset)
+
+    def apply(self, resources: dict[str, Any] | None, devices: list[Any] | None = None) -> None:
+        if not resources:
+            return
+        if resources.get("unified"):
+            raise ContainerError("linux.resources.unified: needs cgroup v2, this host's controllers are on cgroup v1")
+        memory = resources.get("memory") or {}
+        self._set("memory", "memory.limit_in_bytes", memory.get("limit"))
+        self._set("memory", "memory.soft_limit_in_bytes", memory.get("reservation"))
+        if memory.get("swap") is not None and os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
+            self._set("memory", "memory.memsw.limit_in_bytes", memory.get("swap"))
+        if memory.get("disableOOMKiller"):
+            self._set("memory", "memory.oom_control", 1)
+        cpu = resources.get("cpu") or {}
+        self._set("cpu", "cpu.shares", cpu.get("shares"))
+        self._set("cpu", "cpu.cfs_period_us", cpu.get("period"))
+        self._set("cpu", "cpu.cfs_quota_us", cpu.get("quota"))
+        self._set("cpuset", "cpuset.cpus", cpu.get("cpus") or None)
+        self._set("cpuset", "cpuset.mems", cpu.get("mems") or None)
+        pids = resources.get("pids") or {}
+        limit = pids.get("limit")
+        if limit is not None:
+            self._set("pids", "pids.max", "max" if limit <= 0 else limit)
+        for rule in device_rules(resources, devices or []):
+            name = "devices.allow" if rule.get("allow") else "devices.deny"
+            self._set("devices", name, device_rule(rule))
+
+    def _file(self, controller: str, name: str) -> str:
+        return os.path.join(self.paths.get(controller, ""), name)
+
+    def _set(self, controller: str, name: str, value: object) -> None:
+        if value is None:
+            return
+        if controller not in self.paths:
+            raise ContainerError(f"cgroup: the {controller} controller is not mounted on this host")
+        write(self._file(controller, name), str(value))
+
+    def frozen(self) -> bool:
+        path = self.paths.get("freezer")
+        return bool(path) and os.path.isdir(path) and read(os.path.join(path, "freezer.state")).strip() == "FROZEN"
+
+    def freeze(self, on: bool) -> None:
+        import time
+
+        path = self.paths.get("freezer")
+        if not path:
+            raise ContainerError("cgroup: the freezer controller is not mounted on this host")
+        want = "FROZEN" if on else "THAWED"
+        for _ in range(1000):
+            write(os.path.join(path, "freezer.state"), want)
+            if read(os.path.join(path, "freezer.state")).strip() == want:
+                return
+            time.sleep(0.005)
+        raise ContainerError(f"cgroup: {path} did not reach {want}")
+
+
+def _inherit_cpuset(path: str) -> None:
+    """A new v1 cpuset starts with empty cpus/mems and refuses tasks: copy them down from the
+    nearest ancestor that has them, into every level we may have just created."""
+    chain = []
+    cur = path
+    while not read(os.path.join(cur, "cpuset.cpus")).strip():
+        chain.append(cur)
+        cur = os.path.dirname(cur)
+    for directory in reversed(chain):
+        parent = os.path.dirname(directory)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            write(os.path.join(directory, name), read(os.path.join(parent, name)).strip())

@@ -1,0 +1,106 @@
+"""cgroup v2 (unified hosts): one directory, controllers enabled down the tree."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from stockade.errors import ContainerError
+from stockade.runtime.cgroups import Layout
+from stockade.runtime.cgroups.base import Manager, read, write
+
+
+def shares_to_weight(shares: int) -> int:
+    """cpu.shares (2..262144) to cpu.weight (1..10000), as runc converts it."""
+    if shares == 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+class V2Manager(Manager):
+    @classmethod
+    def for_path(cls, layout: Layout, own: dict[str, str], path: str) -> V2Manager:
+        assert layout.unified
+        return cls({"": os.path.join(layout.unified, path.lstrip("/"))})
+
+    @property
+    def path(self) -> str:
+        return self.paths[""]
+
+    def create(self) -> None:
+        super().create()
+        self._enable_controllers()
+
+    def _enable_controllers(self) -> None:
+        """Enable every available controller from the root down to our parent."""
+        root = os.path.dirname(self.path)
+        chain = []
+        while True:
+            chain.append(root)
+            if os.path.ismount(root) or root == "/":
+                break
+            root = os.path.dirname(root)
+        for directory in reversed(chain):
+            available = read(os.path.join(directory, "cgroup.controllers")).split()
+            wanted = " ".join(f"+{c}" for c in available)
+            if wanted:
+                try:
+                    write(os.path.join(directory, "cgroup.subtree_control"), wanted)
+                except ContainerError:
+                    pass  # a controller may be busy (e.g. threaded); the resource write says which
+
+    def apply(self, resources: dict[str, Any] | None, devices: list[Any] | None = None) -> None:
+        if not resources:
+            return
+        memory = resources.get("memory") or {}
+        self._set("memory.max", _max(memory.get("limit")))
+        self._set("memory.low", memory.get("reservation"))
+        if memory.get("swap") is not None and memory.get("limit") is not None:
+            swap = memory["swap"]
+            self._set("memory.swap.max", "max" if swap < 0 else max(swap - memory["limit"], 0))
+        cpu = resources.get("cpu") or {}
+        if cpu.get("shares"):
+            self._set("cpu.weight", shares_to_weight(cpu["shares"]))
+        if cpu.get("quota") is not None or cpu.get("period") is not None:
+            quota = cpu.get("quota")
+            self._set("cpu.max", f"{'max' if quota in (None, -1) else quota} {cpu.get('period') or 100000}")
+        self._set("cpuset.cpus", cpu.get("cpus") or None)
+        self._set("cpuset.mems", cpu.get("mems") or None)
+        pids = resources.get("pids") or {}
+        if pids.get("limit") is not None:
+            self._set("pids.max", _max(pids["limit"]))
+        for key, value in (resources.get("unified") or {}).items():
+            if "/" in key or not os.path.exists(os.path.join(self.path, key)):
+                raise ContainerError(f'linux.resources.unified: unknown cgroup file "{key}"')
+            self._set(key, value)
+
+    def _set(self, name: str, value: object) -> None:
+        if value is not None:
+            write(os.path.join(self.path, name), str(value))
+
+    def frozen(self) -> bool:
+        path = os.path.join(self.path, "cgroup.freeze")
+        return os.path.exists(path) and read(path).strip() == "1"
+
+    def freeze(self, on: bool) -> None:
+        write(os.path.join(self.path, "cgroup.freeze"), "1" if on else "0")
+        want = "frozen 1" if on else "frozen 0"
+        for _ in range(1000):
+            if want in read(os.path.join(self.path, "cgroup.events")):
+                return
+            time.sleep(0.005)
+        raise ContainerError(f"cgroup: {self.path} did not reach {want}")
+
+    def kill_all(self, sig: int = 9) -> None:
+        kill = os.path.join(self.path, "cgroup.kill")
+        if sig == 9 and os.path.exists(kill):
+            write(kill, "1")
+        else:
+            super().kill_all(sig)
+
+
+def _max(value: int | None) -> object:
+    if value is None:
+        return None
+    return "max" if value < 0 else value
