@@ -53,7 +53,7 @@ from typing import Any
 from stockade.errors import ContainerError
 from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
-from stockade.runtime import sync
+from stockade.runtime import rootfs, sync
 from stockade.runtime.finalize import (
     apply_oom_score_adj,
     apply_rlimits,
@@ -97,6 +97,7 @@ def create_container(root: str, container_id: str, bundle: str, config: Config, 
         os.chmod(state.fifo_path(), 0o622)  # mkfifo's mode went through the umask
         cgroup = _create_cgroup(state, config, cleanup)
         console = _connect_console(opts.console_socket) if config.process.terminal else None
+        preload_for_children(config.hooks_of("createContainer") + config.hooks_of("startContainer"), console is not None)
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()  # the init is reparented to us when the intermediate exits
         pid = os.fork()
@@ -330,8 +331,6 @@ def describe(e: BaseException) -> str:
 
 
 def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None) -> None:
-    from stockade.runtime import rootfs
-
     fifo_fd = -1
     try:
         os.setsid()
@@ -342,7 +341,6 @@ def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, c
         ch.send(sync.RUN_CREATE_HOOKS)
         state.pid = int(ch.expect(sync.CREATE_HOOKS_DONE))
         run_hooks("createContainer", config.hooks_of("createContainer"), _hook_state(state, "creating"))
-        preload_for_container(config.hooks_of("startContainer"), console is not None)
         rootfs.enter_rootfs(ctx)
         rootfs.finish_rootfs(config)
         _set_names_and_sysctls(config)
@@ -374,9 +372,11 @@ def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, c
             os._exit(127)
 
 
-def preload_for_container(hooks: list, console: bool) -> None:
-    """Import now what the steps after pivot_root (or setns into the mount namespace) need:
-    from then on the host's Python library is out of reach."""
+def preload_for_children(hooks: list, console: bool) -> None:
+    """Import, before forking, every module the children may need. Once a child runs as the
+    container's root (a mapped uid with no rights on the host's files) or has pivoted or
+    setns'd into the container's mount namespace, the host's Python library may be out of
+    reach: an import there fails (seen with an interpreter installed under /root)."""
     if hooks:
         import subprocess  # noqa: F401
     if console:

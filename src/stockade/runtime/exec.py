@@ -27,7 +27,7 @@ from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
 from stockade.runtime import sync
 from stockade.runtime.container import _wait_child, cgroup_manager, require
-from stockade.runtime.create import _connect_console, _report_and_exit, _setup_console, describe, preload_for_container
+from stockade.runtime.create import _connect_console, _report_and_exit, _setup_console, describe, preload_for_children
 from stockade.runtime.finalize import (
     apply_oom_score_adj,
     apply_rlimits,
@@ -64,6 +64,7 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
             raise ContainerError(f"container {state.id} is stopped, cannot exec in it")
         manager = cgroup_manager(state)
         console = _connect_console(opts.console_socket) if process.terminal else None
+        preload_for_children([], console is not None)
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()
         pid = os.fork()
@@ -158,7 +159,6 @@ def _intermediate(
         kproc.set_parent_death_signal(signal.SIGKILL)
         kproc.set_dumpable(False)
         ch.expect(sync.MAPS_WRITTEN)
-        preload_for_container([], console is not None)
         for fd, kind in ns_fds:
             kns.setns(fd, kns.NAMESPACES[kind][0], kind)
         pid = os.fork()

@@ -114,8 +114,8 @@ def prepare_rootfs(ctx: RootfsContext) -> None:
             raise ContainerError(f"root.path: {rootfs} is not a directory")
     except PermissionError:
         raise ContainerError(
-            f"root.path: {rootfs} is not reachable by the container's root (uid {os.getuid()} in its user "
-            "namespace): every directory above it must be searchable by that uid"
+            f"root.path: {rootfs} is not reachable by the container's root: every directory above it "
+            "must be searchable by the host uid that root maps to"
         ) from None
     except FileNotFoundError:
         raise ContainerError(f"root.path: {rootfs} does not exist") from None
