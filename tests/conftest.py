@@ -130,7 +130,10 @@ class Runtime:
         with open(log, "w") as out:
             proc = subprocess.run(
                 self.cmd("run", "-d", "--bundle", str(bundle.path), *flags, container_id),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=60,
             )
         if proc.returncode != 0:
             raise AssertionError(f"run -d {container_id} failed: {log.read_text().strip()}")

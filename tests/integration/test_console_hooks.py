@@ -56,7 +56,9 @@ def test_console_socket_gives_a_working_tty(bundle, runtime, tmp_path):
     bundle.userns()
     bundle.process["terminal"] = True
     bundle.process["consoleSize"] = {"height": 33, "width": 101}
-    bundle.sh("tty; stty size; [ -t 0 ] && echo stdin-is-tty; cat /proc/self/fd/0 > /dev/null </dev/null; echo done").write()
+    bundle.sh(
+        "tty; stty size; [ -t 0 ] && echo stdin-is-tty; cat /proc/self/fd/0 > /dev/null </dev/null; echo done"
+    ).write()
     receiver = ConsoleReceiver(str(tmp_path / "console.sock"))
     try:
         runtime("create", "--console-socket", str(tmp_path / "console.sock"), "--bundle", str(bundle.path), "c1")
@@ -82,7 +84,7 @@ def test_terminal_without_console_socket_is_an_error(bundle, runtime):
 def hook_script(tmp_path, name: str, exit_code: int = 0) -> str:
     path = tmp_path / f"{name}.sh"
     out = tmp_path / f"{name}.json"
-    path.write_text(f"#!/bin/sh\ncat > {out}\necho \"$@\" > {out}.args\nexit {exit_code}\n")
+    path.write_text(f'#!/bin/sh\ncat > {out}\necho "$@" > {out}.args\nexit {exit_code}\n')
     path.chmod(0o755)
     return str(path)
 

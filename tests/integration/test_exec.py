@@ -41,13 +41,20 @@ def test_exec_joins_the_cgroup(bundle, runtime):
 
 def test_exec_flags_cwd_env_user(bundle, runtime):
     runtime.detached(bundle.userns().sh("sleep 30"), "c1")
-    out = runtime("exec", "--cwd", "/tmp", "--env", "A=b", "--user", "1000:100", "c1", "sh", "-c", "pwd; echo $A; id -u; id -g").stdout
+    out = runtime(
+        "exec", "--cwd", "/tmp", "--env", "A=b", "--user", "1000:100", "c1", "sh", "-c", "pwd; echo $A; id -u; id -g"
+    ).stdout
     assert out.split() == ["/tmp", "b", "1000", "100"]
 
 
 def test_exec_process_json(bundle, runtime, tmp_path):
     runtime.detached(bundle.userns().sh("sleep 30"), "c1")
-    process = {"args": ["sh", "-c", "echo $X; pwd"], "cwd": "/etc", "env": ["X=from-json"], "user": {"uid": 0, "gid": 0}}
+    process = {
+        "args": ["sh", "-c", "echo $X; pwd"],
+        "cwd": "/etc",
+        "env": ["X=from-json"],
+        "user": {"uid": 0, "gid": 0},
+    }
     path = tmp_path / "process.json"
     path.write_text(json.dumps(process))
     assert runtime("exec", "--process", str(path), "c1").stdout.split() == ["from-json", "/etc"]
@@ -68,7 +75,13 @@ def test_exec_of_missing_program_is_a_clear_error(bundle, runtime):
 def test_exec_detach_with_pid_file(bundle, runtime, tmp_path):
     runtime.detached(bundle.sh("sleep 30"), "c1")
     pid_file = tmp_path / "exec.pid"
-    subprocess.run(runtime.cmd("exec", "-d", "--pid-file", str(pid_file), "c1", "sleep", "20"), check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        runtime.cmd("exec", "-d", "--pid-file", str(pid_file), "c1", "sleep", "20"),
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pid = int(pid_file.read_text())
     assert pid in json.loads(runtime("ps", "--format", "json", "c1").stdout)
 

@@ -22,7 +22,7 @@ def ns_inodes(text: str) -> dict[str, str]:
 def test_every_requested_namespace_is_new(bundle, runtime):
     bundle.userns()
     bundle.linux["namespaces"].append({"type": "time"})
-    script = " ".join(f'echo {k}=$(readlink /proc/self/ns/{k});' for k in NS_KINDS)
+    script = " ".join(f"echo {k}=$(readlink /proc/self/ns/{k});" for k in NS_KINDS)
     inside = ns_inodes(runtime.run_output(bundle.sh(script)))
     for kind in NS_KINDS:
         host = os.readlink(f"/proc/self/ns/{kind}")
@@ -98,7 +98,9 @@ def test_cgroup_namespace_shows_root(bundle, runtime):
 
 def test_dev_has_the_default_devices_and_links(bundle, runtime):
     bundle.userns()
-    out = runtime.run_output(bundle.sh("ls /dev; readlink /dev/fd; echo x > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c"))
+    out = runtime.run_output(
+        bundle.sh("ls /dev; readlink /dev/fd; echo x > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c")
+    )
     for name in ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "fd", "stdin"):
         assert name in out.split()
     assert "/proc/self/fd" in out

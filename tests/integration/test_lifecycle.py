@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+
 from conftest import requires_root
 
 pytestmark = requires_root
@@ -29,7 +31,10 @@ def create(runtime, bundle, cid: str, *flags: str) -> None:
     with open(bundle.path / f"{cid}.out", "w") as out:
         proc = subprocess.run(
             runtime.cmd("create", "--bundle", str(bundle.path), *flags, cid),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=60,
         )
     assert proc.returncode == 0, (bundle.path / f"{cid}.out").read_text()
 
@@ -71,7 +76,7 @@ def test_delete_running_needs_force(bundle, runtime):
     assert proc.returncode == 1 and "cannot delete" in proc.stderr
     pid = runtime.state("c1")["pid"]
     runtime("delete", "--force", "c1")
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 def test_delete_of_created_container_kills_it(bundle, runtime):
@@ -215,7 +220,8 @@ def test_log_format_json(bundle, runtime, tmp_path):
     log = tmp_path / "log.json"
     proc = subprocess.run(
         [runtime.binary, "--root", str(runtime.root), "--log", str(log), "--log-format", "json", "state", "nope"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1
     entry = json.loads(log.read_text().splitlines()[-1])

@@ -28,7 +28,7 @@ def test_umask(bundle, runtime):
 
 
 def test_rlimits_applied(bundle, runtime):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     bundle.process["rlimits"] = [
         {"type": "RLIMIT_NOFILE", "soft": 512, "hard": min(hard, 4096)},
         {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
@@ -52,7 +52,13 @@ def test_rlimit_above_the_hard_limit_is_a_clear_error(bundle, runtime):
 def test_capability_sets_are_exactly_the_requested_ones(bundle, runtime):
     bundle.userns()
     caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-    bundle.process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps}
+    bundle.process["capabilities"] = {
+        "bounding": caps,
+        "effective": caps,
+        "permitted": caps,
+        "inheritable": caps,
+        "ambient": caps,
+    }
     out = runtime.run_output(bundle.sh("grep ^Cap /proc/self/status"))
     sets = dict(line.split(":\t") for line in out.splitlines())
     want = f"{(1 << 0) | (1 << 5) | (1 << 10):016x}"
@@ -64,7 +70,13 @@ def test_non_root_user_keeps_ambient_capabilities(bundle, runtime):
     bundle.userns()
     bundle.process["user"] = {"uid": 1000, "gid": 1000}
     caps = ["CAP_NET_BIND_SERVICE"]
-    bundle.process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps}
+    bundle.process["capabilities"] = {
+        "bounding": caps,
+        "effective": caps,
+        "permitted": caps,
+        "inheritable": caps,
+        "ambient": caps,
+    }
     out = runtime.run_output(bundle.sh("grep -E '^Cap(Eff|Amb)' /proc/self/status"))
     assert all(line.endswith(f"{1 << 10:016x}") for line in out.splitlines())
 
@@ -96,7 +108,10 @@ def test_preserve_fds_passes_exactly_n_extra_descriptors(bundle, runtime, tmp_pa
         os.dup2(fd, 3) if fd != 3 else None
         proc = subprocess.run(
             runtime.cmd("run", "--preserve-fds", "1", "--bundle", str(bundle.path), "c1"),
-            capture_output=True, text=True, pass_fds=(3, extra), timeout=30,
+            capture_output=True,
+            text=True,
+            pass_fds=(3, extra),
+            timeout=30,
         )
     finally:
         os.close(fd)

@@ -10,7 +10,9 @@ from stockade import __version__
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: stockade version | info\n\nThe engine (run, ps, images...) is not built yet; use stockade-runtime.")
+        print(
+            "usage: stockade version | info\n\nThe engine (run, ps, images...) is not built yet; use stockade-runtime."
+        )
         return 0 if args else 1
     if args[0] in ("version", "--version", "-v"):
         print(f"stockade version {__version__}")

@@ -75,7 +75,12 @@ COMMAND_FLAGS: dict[str, dict[str, tuple[str, str]]] = {
         "ignore-paused": ("ignore_paused", "bool"),
         "cgroup": ("cgroup", "multi"),
     },
-    "list": {"format": ("format", "value"), "f": ("format", "value"), "quiet": ("quiet", "bool"), "q": ("quiet", "bool")},
+    "list": {
+        "format": ("format", "value"),
+        "f": ("format", "value"),
+        "quiet": ("quiet", "bool"),
+        "q": ("quiet", "bool"),
+    },
     "ps": {"format": ("format", "value"), "f": ("format", "value")},
     "features": {},
     "spec": {"bundle": ("bundle", "value"), "b": ("bundle", "value"), "rootless": ("rootless", "bool")},

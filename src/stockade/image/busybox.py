@@ -17,7 +17,22 @@ import sys
 from stockade.errors import StockadeError
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-DIRECTORIES = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "root", "home", "var/tmp", "run", "mnt")
+DIRECTORIES = (
+    "bin",
+    "sbin",
+    "usr/bin",
+    "usr/sbin",
+    "etc",
+    "dev",
+    "proc",
+    "sys",
+    "tmp",
+    "root",
+    "home",
+    "var/tmp",
+    "run",
+    "mnt",
+)
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false

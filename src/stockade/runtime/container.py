@@ -278,7 +278,7 @@ def run(root: str, container_id: str, bundle: str, opts: CreateOptions, detach: 
 
 def _forward_signals(state: State) -> Any:
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in forwarded:
         previous[sig] = signal.signal(sig, lambda s, _f: signal_init(state, s))
 

@@ -69,7 +69,7 @@ from stockade.spec.runtime import Config
 
 
 class CreateOptions:
-    __slots__ = ("console_socket", "pid_file", "preserve_fds", "no_new_keyring")
+    __slots__ = ("console_socket", "no_new_keyring", "pid_file", "preserve_fds")
 
     def __init__(
         self,
@@ -84,7 +84,9 @@ class CreateOptions:
         self.no_new_keyring = no_new_keyring
 
 
-def create_container(root: str, container_id: str, bundle: str, config: Config, raw_config: bytes, opts: CreateOptions) -> State:
+def create_container(
+    root: str, container_id: str, bundle: str, config: Config, raw_config: bytes, opts: CreateOptions
+) -> State:
     """The parent's half. Returns the saved state of a container in status "created";
     on any failure removes everything it made (process, cgroup, state dir) and raises."""
     if config.process is None:
@@ -97,7 +99,9 @@ def create_container(root: str, container_id: str, bundle: str, config: Config, 
         os.chmod(state.fifo_path(), 0o622)  # mkfifo's mode went through the umask
         cgroup = _create_cgroup(state, config, cleanup)
         console = _connect_console(opts.console_socket) if config.process.terminal else None
-        preload_for_children(config.hooks_of("createContainer") + config.hooks_of("startContainer"), console is not None)
+        preload_for_children(
+            config.hooks_of("createContainer") + config.hooks_of("startContainer"), console is not None
+        )
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()  # the init is reparented to us when the intermediate exits
         pid = os.fork()
@@ -287,6 +291,7 @@ def join_namespaces(config: Config) -> None:
     fds = []
     try:
         for ns in ordered:
+            assert ns.path is not None
             try:
                 fds.append((os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC), ns))
             except OSError as e:
@@ -332,9 +337,10 @@ def describe(e: BaseException) -> str:
 
 def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None) -> None:
     fifo_fd = -1
+    process = config.process
+    assert process is not None
     try:
         os.setsid()
-        process = config.process
         ctx = rootfs.RootfsContext(config, state.bundle, state.cgroup_paths)
         rootfs.prepare_rootfs(ctx)
         state_dir = os.open(state.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -42,7 +42,7 @@ from stockade.spec.runtime import Config, Process, load_config
 
 
 class ExecOptions:
-    __slots__ = ("console_socket", "pid_file", "detach", "preserve_fds")
+    __slots__ = ("console_socket", "detach", "pid_file", "preserve_fds")
 
     def __init__(self, console_socket: str | None, pid_file: str | None, detach: bool, preserve_fds: int) -> None:
         self.console_socket = console_socket
@@ -121,7 +121,7 @@ def _reap_quietly(pid: int) -> None:
 
 
 def _forward(pid: int) -> dict[int, Any]:
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         previous[sig] = signal.signal(sig, lambda s, _f: _kill_quietly(pid, s))
     return previous
@@ -153,7 +153,12 @@ def _open_namespaces(state: State, config: Config) -> list[tuple[int, str]]:
 
 
 def _intermediate(
-    ch: sync.Channel, ns_fds: list[tuple[int, str]], config: Config, process: Process, opts: ExecOptions, console: int | None
+    ch: sync.Channel,
+    ns_fds: list[tuple[int, str]],
+    config: Config,
+    process: Process,
+    opts: ExecOptions,
+    console: int | None,
 ) -> None:
     try:
         kproc.set_parent_death_signal(signal.SIGKILL)
@@ -189,4 +194,3 @@ def _new_process(ch: sync.Channel, config: Config, process: Process, opts: ExecO
             ch.send(sync.ERROR, describe(e))
         finally:
             os._exit(127)
-

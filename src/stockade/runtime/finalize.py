@@ -81,7 +81,12 @@ def chdir_cwd(process: Process) -> None:
 class CapabilitySets:
     """The five sets as bit masks, restricted to what the running kernel knows."""
 
-    __slots__ = ("bounding", "effective", "permitted", "inheritable", "ambient", "top")
+    __slots__ = ("ambient", "bounding", "effective", "inheritable", "permitted", "top")
+    bounding: int
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
 
     def __init__(self, caps: Capabilities | None) -> None:
         self.top = kcaps.last_cap()

@@ -16,7 +16,7 @@ from stockade.spec.runtime import IDMapping
 
 
 def write_id_maps(pid: int, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
-    if os.geteuid() == 0 or _only_own_id(uid_maps, os.geteuid()) and _only_own_id(gid_maps, os.getegid()):
+    if os.geteuid() == 0 or (_only_own_id(uid_maps, os.geteuid()) and _only_own_id(gid_maps, os.getegid())):
         if os.geteuid() != 0:
             _write(pid, "setgroups", "deny")
         _write(pid, "uid_map", "".join(m.line() for m in uid_maps))

@@ -47,7 +47,7 @@ PROPAGATION = {
 class RootfsContext:
     """What the mount steps need to know about the container beyond its config."""
 
-    __slots__ = ("config", "bundle", "in_userns", "new_netns", "new_ipcns", "new_cgroupns", "cgroup_paths", "rootfd")
+    __slots__ = ("bundle", "cgroup_paths", "config", "in_userns", "new_cgroupns", "new_ipcns", "new_netns", "rootfd")
 
     def __init__(self, config: Config, bundle: str, cgroup_paths: dict[str, str]) -> None:
         linux = config.linux
@@ -70,25 +70,38 @@ def open_in_root(rootfd: int, path: str, flags: int = km.O_PATH) -> int:
     return km.openat2(rootfd, path.lstrip("/") or ".", flags, km.RESOLVE_IN_ROOT)
 
 
-def ensure_target(rootfd: int, path: str, directory: bool) -> int:
+def ensure_target(rootfd: int, path: str, directory: bool, _depth: int = 0) -> int:
     """Create `path` (and its parents) inside the root if missing; return an O_PATH fd to it.
 
     Each component is resolved from the root with RESOLVE_IN_ROOT and created with
     mkdirat/openat relative to the already-resolved parent, which never follows a symlink
-    in the last component: nothing is ever created outside the root."""
+    in the last component: nothing is ever created outside the root. A dangling symlink on
+    the way is followed as the kernel would inside the root (absolute targets and ".."
+    start and stop at the rootfs), and its target created there."""
+    if _depth > 40:
+        raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
     parts = [p for p in path.split("/") if p]
     parent = os.dup(rootfd)
     try:
         for i, part in enumerate(parts):
             prefix = "/".join(parts[: i + 1])
+            last = i == len(parts) - 1
             try:
                 fd = open_in_root(rootfd, prefix)
             except FileNotFoundError:
-                last = i == len(parts) - 1
-                if last and not directory:
-                    os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent))
-                else:
-                    os.mkdir(part, 0o755, dir_fd=parent)
+                try:
+                    if last and not directory:
+                        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                        os.close(os.open(part, flags, 0o644, dir_fd=parent))
+                    else:
+                        os.mkdir(part, 0o755, dir_fd=parent)
+                except FileExistsError:
+                    # A dangling symlink: create what it points to, inside the root.
+                    link = os.readlink(part, dir_fd=parent)
+                    base = "/" + "/".join(parts[:i])
+                    resolved = os.path.normpath(os.path.join(base, link))
+                    rest = "/".join(parts[i + 1 :])
+                    return ensure_target(rootfd, os.path.join(resolved, rest), directory, _depth + 1)
                 fd = open_in_root(rootfd, prefix)
             os.close(parent)
             parent = fd
@@ -134,7 +147,9 @@ def _step(what: str, action: object) -> None:
     try:
         action()  # type: ignore[operator]
     except OSError as e:
-        raise ContainerError(f"{what}: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})") from None
+        raise ContainerError(
+            f"{what}: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})"
+        ) from None
 
 
 def _dev_is_tmpfs(config: Config) -> bool:
@@ -267,7 +282,7 @@ def _default_devices(ctx: RootfsContext) -> None:
         )
     devfd = open_in_root(ctx.rootfd, "/dev")
     try:
-        for name, target in DEV_SYMLINKS + (("ptmx", "pts/ptmx"),):
+        for name, target in (*DEV_SYMLINKS, ("ptmx", "pts/ptmx")):
             try:
                 os.symlink(target, name, dir_fd=devfd)
             except FileExistsError:
@@ -304,7 +319,9 @@ def _create_device(ctx: RootfsContext, device: Device) -> None:
         finally:
             os.close(parent)
     except OSError as e:
-        raise ContainerError(f"{what}: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})") from None
+        raise ContainerError(
+            f"{what}: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})"
+        ) from None
 
 
 def _remove_existing(parent: int, name: str) -> None:
@@ -326,7 +343,9 @@ def enter_rootfs(ctx: RootfsContext) -> None:
         km.umount2(".", km.MNT_DETACH)
         os.chdir("/")
     except OSError as e:
-        raise ContainerError(f"pivot_root: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})") from None
+        raise ContainerError(
+            f"pivot_root: {errno.errorcode.get(e.errno or 0, 'error')} ({os.strerror(e.errno or 0)})"
+        ) from None
     finally:
         os.close(ctx.rootfd)
         ctx.rootfd = -1
@@ -339,7 +358,10 @@ def finish_rootfs(config: Config) -> None:
     for path in linux.readonly_paths:
         _readonly(path)
     if config.root_readonly:
-        _step("remount / read-only", lambda: km.mount(None, "/", None, km.MS_BIND | km.MS_REMOUNT | km.MS_RDONLY | km.locked_flags("/")))
+        _step(
+            "remount / read-only",
+            lambda: km.mount(None, "/", None, km.MS_BIND | km.MS_REMOUNT | km.MS_RDONLY | km.locked_flags("/")),
+        )
     propagation = linux.rootfs_propagation
     if propagation in ("shared", "rshared", "unbindable", "runbindable"):
         _step(f"set / {propagation}", lambda: km.mount(None, "/", None, PROPAGATION[propagation]))

@@ -37,7 +37,18 @@ def check_id(container_id: str) -> str:
 class State:
     """What the runtime remembers about one container between commands."""
 
-    __slots__ = ("id", "dir", "pid", "start_time", "bundle", "rootfs", "annotations", "created", "cgroup_paths", "owner")
+    __slots__ = (
+        "annotations",
+        "bundle",
+        "cgroup_paths",
+        "created",
+        "dir",
+        "id",
+        "owner",
+        "pid",
+        "rootfs",
+        "start_time",
+    )
 
     def __init__(self, container_id: str, directory: str, bundle: str = "", rootfs: str = "") -> None:
         self.id = container_id

@@ -28,7 +28,7 @@ class ChildFailed(Exception):
 class Channel:
     """One end of the two-pipe channel: `rfd` to read from, `wfd` to write to."""
 
-    __slots__ = ("rfd", "wfd", "_buf")
+    __slots__ = ("_buf", "rfd", "wfd")
 
     def __init__(self, rfd: int, wfd: int) -> None:
         self.rfd = rfd
@@ -37,7 +37,12 @@ class Channel:
 
     def send(self, name: str, arg: str = "") -> None:
         line = f"{name} {arg}".rstrip().replace("\n", " ") + "\n"
-        os.write(self.wfd, line.encode())
+        try:
+            os.write(self.wfd, line.encode())
+        except BrokenPipeError:
+            # The other side is gone; it may have said why before it went.
+            got, why = self.recv()
+            raise ChildFailed(why if got == ERROR else "") from None
 
     def recv(self) -> tuple[str, str]:
         while b"\n" not in self._buf:

@@ -67,13 +67,15 @@ PROPAGATION_OPTIONS: dict[str, int] = {
 # Options that mean something to runtimes (crun, podman) but not to mount(2): accepted, ignored.
 RUNTIME_ONLY_OPTIONS = frozenset({"tmpcopyup", "notmpcopyup", "copy-symlink", "z", "Z", "U", "nocopy"})
 
-UNSUPPORTED_OPTIONS = frozenset({"idmap", "ridmap", "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec"})
+UNSUPPORTED_OPTIONS = frozenset(
+    {"idmap", "ridmap", "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec"}
+)
 
 
 class MountPlan:
     """One entry of `mounts[]`, translated: what to call mount(2) with."""
 
-    __slots__ = ("destination", "type", "source", "flags", "propagation", "data", "bind", "recursive")
+    __slots__ = ("bind", "data", "destination", "flags", "propagation", "recursive", "source", "type")
 
     def __init__(self, destination: str, type: str | None, source: str | None) -> None:
         self.destination = destination

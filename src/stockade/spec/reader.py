@@ -43,13 +43,13 @@ class Reader:
             raise self.fail(key, f"must be {_TYPE_NAMES[kind]}, not {type(value).__name__}")
         return value
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> Any:
+    def string(self, key: str, default: str | None = None, required: bool = False) -> Any:
         return self._typed(key, str, default, required)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         return bool(self._typed(key, bool, default, False))
 
-    def int(self, key: str, default: int | None = None, required: bool = False, minimum: int | None = None) -> Any:
+    def integer(self, key: str, default: int | None = None, required: bool = False, minimum: int | None = None) -> Any:
         value = self._typed(key, int, default, required)
         if value is not None and minimum is not None and value < minimum:
             raise self.fail(key, f"must be >= {minimum}, not {value}")
@@ -63,19 +63,19 @@ class Reader:
             return None
         return Reader(value, self.where(key))
 
-    def list(self, key: str) -> list[Any]:
+    def array(self, key: str) -> list[Any]:
         return list(self._typed(key, list, [], False))
 
     def objects(self, key: str) -> Iterator[Reader]:
         """Each element of the array at `key` as a Reader named key[i]."""
         base = self.where(key)
-        for i, item in enumerate(self.list(key)):
+        for i, item in enumerate(self.array(key)):
             if not isinstance(item, dict):
                 raise SpecError(f"{base}[{i}]", "must be an object")
             yield Reader(item, f"{base}[{i}]")
 
     def strings(self, key: str) -> list[str]:
-        items = self.list(key)
+        items = self.array(key)
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise SpecError(f"{self.where(key)}[{i}]", f"must be a string, not {type(item).__name__}")

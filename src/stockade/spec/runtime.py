@@ -57,7 +57,7 @@ class IDMapping:
 
 
 class User:
-    __slots__ = ("uid", "gid", "umask", "additional_gids")
+    __slots__ = ("additional_gids", "gid", "uid", "umask")
 
     def __init__(self, uid: int, gid: int, umask: int | None, additional_gids: list[int]) -> None:
         self.uid = uid
@@ -67,7 +67,7 @@ class User:
 
 
 class Rlimit:
-    __slots__ = ("type", "soft", "hard")
+    __slots__ = ("hard", "soft", "type")
 
     def __init__(self, type: str, soft: int, hard: int) -> None:
         self.type = type
@@ -90,10 +90,35 @@ class Capabilities:
 
 class Process:
     __slots__ = (
-        "terminal", "console_size", "user", "args", "env", "cwd", "capabilities", "rlimits",
-        "no_new_privileges", "oom_score_adj", "apparmor_profile", "selinux_label", "io_priority",
+        "apparmor_profile",
+        "args",
+        "capabilities",
+        "console_size",
+        "cwd",
+        "env",
+        "io_priority",
+        "no_new_privileges",
+        "oom_score_adj",
+        "rlimits",
         "scheduler",
+        "selinux_label",
+        "terminal",
+        "user",
     )  # fmt: skip
+    terminal: bool
+    console_size: tuple[int, int] | None
+    user: User
+    args: list[str]
+    env: list[str]
+    cwd: str
+    capabilities: Capabilities | None
+    rlimits: list[Rlimit]
+    no_new_privileges: bool
+    oom_score_adj: int | None
+    apparmor_profile: str | None
+    selinux_label: str | None
+    io_priority: Any
+    scheduler: Any
 
     def __init__(self, **kw: Any) -> None:
         for name in self.__slots__:
@@ -108,7 +133,7 @@ class Process:
 
 
 class Mount:
-    __slots__ = ("destination", "type", "source", "options", "uid_mappings", "gid_mappings")
+    __slots__ = ("destination", "gid_mappings", "options", "source", "type", "uid_mappings")
 
     def __init__(
         self,
@@ -128,7 +153,7 @@ class Mount:
 
 
 class Hook:
-    __slots__ = ("path", "args", "env", "timeout")
+    __slots__ = ("args", "env", "path", "timeout")
 
     def __init__(self, path: str, args: list[str], env: list[str], timeout: int | None) -> None:
         self.path = path
@@ -138,7 +163,7 @@ class Hook:
 
 
 class Namespace:
-    __slots__ = ("type", "path")
+    __slots__ = ("path", "type")
 
     def __init__(self, type: str, path: str | None) -> None:
         self.type = type
@@ -146,7 +171,14 @@ class Namespace:
 
 
 class Device:
-    __slots__ = ("type", "path", "major", "minor", "file_mode", "uid", "gid")
+    __slots__ = ("file_mode", "gid", "major", "minor", "path", "type", "uid")
+    type: str
+    path: str
+    major: int | None
+    minor: int | None
+    file_mode: int | None
+    uid: int | None
+    gid: int | None
 
     def __init__(self, **kw: Any) -> None:
         for name in self.__slots__:
@@ -155,10 +187,37 @@ class Device:
 
 class Linux:
     __slots__ = (
-        "namespaces", "uid_mappings", "gid_mappings", "devices", "cgroups_path", "resources",
-        "rootfs_propagation", "masked_paths", "readonly_paths", "mount_label", "sysctl", "seccomp",
-        "time_offsets", "personality", "intel_rdt",
+        "cgroups_path",
+        "devices",
+        "gid_mappings",
+        "intel_rdt",
+        "masked_paths",
+        "mount_label",
+        "namespaces",
+        "personality",
+        "readonly_paths",
+        "resources",
+        "rootfs_propagation",
+        "seccomp",
+        "sysctl",
+        "time_offsets",
+        "uid_mappings",
     )  # fmt: skip
+    namespaces: list[Namespace]
+    uid_mappings: list[IDMapping]
+    gid_mappings: list[IDMapping]
+    devices: list[Device]
+    cgroups_path: str | None
+    resources: dict[str, Any] | None
+    rootfs_propagation: str | None
+    masked_paths: list[str]
+    readonly_paths: list[str]
+    mount_label: str | None
+    sysctl: dict[str, str]
+    seccomp: dict[str, Any] | None
+    time_offsets: dict[str, tuple[int, int]]
+    personality: str | None
+    intel_rdt: Any
 
     def __init__(self, **kw: Any) -> None:
         for name in self.__slots__:
@@ -178,9 +237,29 @@ class Linux:
 
 class Config:
     __slots__ = (
-        "oci_version", "root_path", "root_readonly", "process", "hostname", "domainname",
-        "mounts", "hooks", "annotations", "linux", "raw",
+        "annotations",
+        "domainname",
+        "hooks",
+        "hostname",
+        "linux",
+        "mounts",
+        "oci_version",
+        "process",
+        "raw",
+        "root_path",
+        "root_readonly",
     )  # fmt: skip
+    oci_version: str
+    root_path: str
+    root_readonly: bool
+    process: Process | None
+    hostname: str | None
+    domainname: str | None
+    mounts: list[Mount]
+    hooks: dict[str, list[Hook]]
+    annotations: dict[str, str]
+    linux: Linux
+    raw: Any
 
     def __init__(self, **kw: Any) -> None:
         for name in self.__slots__:
@@ -193,11 +272,11 @@ class Config:
 def load_config(raw: Any, bundle: str) -> Config:
     """Validate a parsed config.json and translate it into a Config; `bundle` anchors root.path."""
     top = Reader(raw)
-    oci_version = top.str("ociVersion", required=True)
+    oci_version = top.string("ociVersion", required=True)
     _check_version(top, oci_version)
     root = top.obj("root", required=True)
     assert root is not None
-    root_path = root.str("path", required=True)
+    root_path = root.string("path", required=True)
     if not root_path:
         raise root.fail("path", "must not be empty")
     linux_reader = top.obj("linux") or Reader({}, "linux")
@@ -207,10 +286,10 @@ def load_config(raw: Any, bundle: str) -> Config:
     config = Config(
         oci_version=oci_version,
         root_path=os.path.normpath(os.path.join(bundle, root_path)),
-        root_readonly=root.bool("readonly"),
+        root_readonly=root.flag("readonly"),
         process=process,
-        hostname=top.str("hostname"),
-        domainname=top.str("domainname"),
+        hostname=top.string("hostname"),
+        domainname=top.string("domainname"),
         mounts=[_load_mount(m) for m in top.objects("mounts")],
         hooks=_load_hooks(top.obj("hooks")),
         annotations=top.string_map("annotations"),
@@ -242,7 +321,7 @@ def _load_process(r: Reader) -> Process:
     args = r.strings("args")
     if not args:
         raise r.fail("args", "must name the program to run")
-    cwd = _absolute(r, "cwd", r.str("cwd", required=True))
+    cwd = _absolute(r, "cwd", r.string("cwd", required=True))
     env = r.strings("env")
     for i, item in enumerate(env):
         if "=" not in item:
@@ -251,41 +330,43 @@ def _load_process(r: Reader) -> Process:
     console = r.obj("consoleSize")
     caps_reader = r.obj("capabilities")
     return Process(
-        terminal=r.bool("terminal"),
-        console_size=(console.int("height", 0, minimum=0), console.int("width", 0, minimum=0)) if console else None,
+        terminal=r.flag("terminal"),
+        console_size=(console.integer("height", 0, minimum=0), console.integer("width", 0, minimum=0))
+        if console
+        else None,
         user=_load_user(user_reader),
         args=args,
         env=env,
         cwd=cwd,
         capabilities=_load_capabilities(caps_reader) if caps_reader else None,
         rlimits=_load_rlimits(r),
-        no_new_privileges=r.bool("noNewPrivileges"),
+        no_new_privileges=r.flag("noNewPrivileges"),
         oom_score_adj=_oom_score_adj(r),
-        apparmor_profile=r.str("apparmorProfile"),
-        selinux_label=r.str("selinuxLabel"),
+        apparmor_profile=r.string("apparmorProfile"),
+        selinux_label=r.string("selinuxLabel"),
         io_priority=r.data.get("ioPriority"),
         scheduler=r.data.get("scheduler"),
     )
 
 
 def _oom_score_adj(r: Reader) -> int | None:
-    value = r.int("oomScoreAdj")
+    value = r.integer("oomScoreAdj")
     if value is not None and not -1000 <= value <= 1000:
         raise r.fail("oomScoreAdj", f"must be between -1000 and 1000, not {value}")
     return value
 
 
 def _load_user(r: Reader) -> User:
-    gids = r.list("additionalGids")
+    gids = r.array("additionalGids")
     for i, gid in enumerate(gids):
         if not isinstance(gid, int) or isinstance(gid, bool) or gid < 0:
             raise SpecError(f"{r.where('additionalGids')}[{i}]", "must be a non-negative integer")
     if r.has("username"):
         raise r.fail("username", "is for Windows containers; use uid and gid")
     return User(
-        uid=r.int("uid", 0, minimum=0),
-        gid=r.int("gid", 0, minimum=0),
-        umask=r.int("umask", minimum=0),
+        uid=r.integer("uid", 0, minimum=0),
+        gid=r.integer("gid", 0, minimum=0),
+        umask=r.integer("umask", minimum=0),
         additional_gids=gids,
     )
 
@@ -308,14 +389,14 @@ def _load_rlimits(r: Reader) -> list[Rlimit]:
     seen: set[str] = set()
     out = []
     for item in r.objects("rlimits"):
-        kind = item.str("type", required=True)
+        kind = item.string("type", required=True)
         if kind not in RLIMITS:
             raise item.fail("type", f'unknown rlimit "{kind}"')
         if kind in seen:
             raise item.fail("type", f"{kind} is set twice")
         seen.add(kind)
-        soft = item.int("soft", required=True, minimum=0)
-        hard = item.int("hard", required=True, minimum=0)
+        soft = item.integer("soft", required=True, minimum=0)
+        hard = item.integer("hard", required=True, minimum=0)
         if soft > hard:
             raise item.fail("soft", f"{kind} soft limit {soft} is above its hard limit {hard}")
         out.append(Rlimit(kind, soft, hard))
@@ -323,14 +404,14 @@ def _load_rlimits(r: Reader) -> list[Rlimit]:
 
 
 def _load_mount(r: Reader) -> Mount:
-    destination = _absolute(r, "destination", r.str("destination", required=True))
+    destination = _absolute(r, "destination", r.string("destination", required=True))
     if "\0" in destination or any(part == ".." for part in destination.split("/")):
         raise r.fail("destination", f'"{destination}" must not contain ".." components')
     options = r.strings("options")
     return Mount(
         destination=os.path.normpath(destination),
-        type=r.str("type"),
-        source=r.str("source"),
+        type=r.string("type"),
+        source=r.string("source"),
         options=options,
         uid_mappings=_load_mappings(r, "uidMappings"),
         gid_mappings=_load_mappings(r, "gidMappings"),
@@ -343,10 +424,10 @@ def _load_hooks(r: Reader | None) -> dict[str, list[Hook]]:
         return hooks
     for kind in HOOK_KINDS:
         for item in r.objects(kind):
-            timeout = item.int("timeout")
+            timeout = item.integer("timeout")
             if timeout is not None and timeout <= 0:
                 raise item.fail("timeout", f"must be a positive number of seconds, not {timeout}")
-            path = _absolute(item, "path", item.str("path", required=True))
+            path = _absolute(item, "path", item.string("path", required=True))
             hooks.setdefault(kind, []).append(Hook(path, item.strings("args"), item.strings("env"), timeout))
     return hooks
 
@@ -356,9 +437,9 @@ def _load_mappings(r: Reader, key: str) -> list[IDMapping]:
     for item in r.objects(key):
         out.append(
             IDMapping(
-                item.int("containerID", required=True, minimum=0),
-                item.int("hostID", required=True, minimum=0),
-                item.int("size", required=True, minimum=1),
+                item.integer("containerID", required=True, minimum=0),
+                item.integer("hostID", required=True, minimum=0),
+                item.integer("size", required=True, minimum=1),
             )
         )
     return out
@@ -368,13 +449,13 @@ def _load_namespaces(r: Reader) -> list[Namespace]:
     seen: set[str] = set()
     out = []
     for item in r.objects("namespaces"):
-        kind = item.str("type", required=True)
+        kind = item.string("type", required=True)
         if kind not in NAMESPACE_TYPES:
             raise item.fail("type", f'unknown namespace type "{kind}"')
         if kind in seen:
             raise item.fail("type", f'namespace "{kind}" is listed twice')
         seen.add(kind)
-        path = item.str("path")
+        path = item.string("path")
         if path is not None:
             _absolute(item, "path", path)
         out.append(Namespace(kind, path))
@@ -384,20 +465,20 @@ def _load_namespaces(r: Reader) -> list[Namespace]:
 def _load_devices(r: Reader) -> list[Device]:
     out = []
     for item in r.objects("devices"):
-        kind = item.str("type", required=True)
+        kind = item.string("type", required=True)
         if kind not in DEVICE_TYPES:
             raise item.fail("type", f'unknown device type "{kind}" (one of c, b, u, p)')
-        path = _absolute(item, "path", item.str("path", required=True))
+        path = _absolute(item, "path", item.string("path", required=True))
         needs_numbers = kind != "p"
         out.append(
             Device(
                 type=kind,
                 path=os.path.normpath(path),
-                major=item.int("major", required=needs_numbers, minimum=0),
-                minor=item.int("minor", required=needs_numbers, minimum=0),
-                file_mode=item.int("fileMode", minimum=0),
-                uid=item.int("uid", minimum=0),
-                gid=item.int("gid", minimum=0),
+                major=item.integer("major", required=needs_numbers, minimum=0),
+                minor=item.integer("minor", required=needs_numbers, minimum=0),
+                file_mode=item.integer("fileMode", minimum=0),
+                uid=item.integer("uid", minimum=0),
+                gid=item.integer("gid", minimum=0),
             )
         )
     return out
@@ -412,17 +493,17 @@ def _load_time_offsets(r: Reader | None) -> dict[str, tuple[int, int]]:
             raise r.fail(clock, f'unknown clock "{clock}" (one of monotonic, boottime)')
         item = r.obj(clock, required=True)
         assert item is not None
-        nanos = item.int("nanosecs", 0, minimum=0)
+        nanos = item.integer("nanosecs", 0, minimum=0)
         if nanos >= 1_000_000_000:
             raise item.fail("nanosecs", "must be below 1000000000")
-        offsets[clock] = (item.int("secs", 0), nanos)
+        offsets[clock] = (item.integer("secs", 0), nanos)
     return offsets
 
 
 def _load_personality(r: Reader | None) -> str | None:
     if r is None:
         return None
-    domain = r.str("domain", required=True)
+    domain = r.string("domain", required=True)
     if domain not in PERSONALITY_DOMAINS:
         raise r.fail("domain", f'unknown personality domain "{domain}" (one of LINUX, LINUX32)')
     if r.strings("flags"):
@@ -431,7 +512,7 @@ def _load_personality(r: Reader | None) -> str | None:
 
 
 def _load_linux(r: Reader) -> Linux:
-    propagation = r.str("rootfsPropagation")
+    propagation = r.string("rootfsPropagation")
     if propagation is not None and propagation not in ROOTFS_PROPAGATION:
         raise r.fail("rootfsPropagation", f'unknown propagation "{propagation}"')
     masked = r.strings("maskedPaths")
@@ -447,12 +528,12 @@ def _load_linux(r: Reader) -> Linux:
         uid_mappings=_load_mappings(r, "uidMappings"),
         gid_mappings=_load_mappings(r, "gidMappings"),
         devices=_load_devices(r),
-        cgroups_path=r.str("cgroupsPath"),
+        cgroups_path=r.string("cgroupsPath"),
         resources=resources.data if resources else None,
         rootfs_propagation=propagation,
         masked_paths=masked,
         readonly_paths=readonly,
-        mount_label=r.str("mountLabel"),
+        mount_label=r.string("mountLabel"),
         sysctl=r.string_map("sysctl"),
         seccomp=seccomp.data if seccomp else None,
         time_offsets=_load_time_offsets(r.obj("timeOffsets")),
@@ -464,6 +545,8 @@ def _load_linux(r: Reader) -> Linux:
 def _check_cross_fields(config: Config) -> None:
     """Rules that tie several fields together."""
     linux: Linux = config.linux
+    if linux.namespace("mount") is None:
+        raise SpecError("linux.namespaces", "a mount namespace is required")
     userns = linux.namespace("user")
     if linux.uid_mappings and userns is None:
         raise SpecError("linux.uidMappings", "is set but no user namespace is requested")
@@ -477,8 +560,6 @@ def _check_cross_fields(config: Config) -> None:
     if not linux.new_namespace("uts") and (config.hostname or config.domainname):
         key = "hostname" if config.hostname else "domainname"
         raise SpecError(key, "setting it needs a new uts namespace in linux.namespaces")
-    if linux.namespace("mount") is None:
-        raise SpecError("linux.namespaces", "a mount namespace is required")
     if linux.intel_rdt is not None:
         raise SpecError("linux.intelRdt", "Intel RDT is not supported")
     for i, mount in enumerate(config.mounts):

@@ -11,8 +11,12 @@ hierarchy-name -> absolute directory ("" is the cgroup2 hierarchy).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from stockade.errors import ContainerError
+
+if TYPE_CHECKING:
+    from stockade.runtime.cgroups.base import Manager
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -20,7 +24,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 class Layout:
     """Where each hierarchy is mounted: {"memory": "/sys/fs/cgroup/memory", ..., "": cgroup2 mount}."""
 
-    __slots__ = ("v1", "unified")
+    __slots__ = ("unified", "v1")
 
     def __init__(self, v1: dict[str, str], unified: str | None) -> None:
         self.v1 = v1
@@ -41,7 +45,7 @@ def detect_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
         for line in f:
             pre, _, post = line.partition(" - ")
             fields = pre.split()
-            fstype, _source, super_opts = (post.split() + ["", "", ""])[:3]
+            fstype, _source, super_opts = ([*post.split(), "", "", ""])[:3]
             mount_point = fields[4]
             if fstype == "cgroup2":
                 unified = unified or mount_point
@@ -81,7 +85,7 @@ def resolve_path(cgroups_path: str | None, container_id: str, own: str) -> str:
     return os.path.normpath(os.path.join(own, cgroups_path))
 
 
-def manager_for(layout: Layout) -> type:
+def manager_for(layout: Layout) -> type[Manager]:
     from stockade.runtime.cgroups import v1, v2
 
     return v2.V2Manager if layout.kind == "unified" else v1.V1Manager

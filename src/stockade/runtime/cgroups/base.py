@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import time
+from typing import Any
 
 from stockade.errors import ContainerError
 
@@ -33,6 +34,11 @@ class Manager:
 
     def __init__(self, paths: dict[str, str]) -> None:
         self.paths = paths
+
+    @classmethod
+    def for_path(cls, layout: Any, own: dict[str, str], path: str) -> Manager:
+        """The manager for cgroup `path` (absolute, within each hierarchy) on this layout."""
+        raise NotImplementedError
 
     # -- set-up --------------------------------------------------------------------------
     def create(self) -> None:

@@ -74,7 +74,9 @@ class V1Manager(Manager):
 
     def frozen(self) -> bool:
         path = self.paths.get("freezer")
-        return bool(path) and os.path.isdir(path) and read(os.path.join(path, "freezer.state")).strip() == "FROZEN"
+        if not path or not os.path.isdir(path):
+            return False
+        return read(os.path.join(path, "freezer.state")).strip() == "FROZEN"
 
     def freeze(self, on: bool) -> None:
         import time
