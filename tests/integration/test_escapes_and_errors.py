@@ -219,9 +219,42 @@ INVALID = [
         "open network namespace /nonexistent/ns",
     ),
     (
-        "seccomp-not-yet",
-        lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW"}),
-        "linux.seccomp: seccomp filters are not supported yet",
+        "seccomp-bad-action",
+        lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_FOO"}),
+        'linux.seccomp.defaultAction: unknown action "SCMP_ACT_FOO"',
+    ),
+    (
+        "seccomp-bad-operator",
+        lambda c: c["linux"].update(
+            seccomp={
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {
+                        "names": ["kill"],
+                        "action": "SCMP_ACT_ERRNO",
+                        "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_FOO"}],
+                    }
+                ],
+            }
+        ),
+        'linux.seccomp.syscalls[0].args[0].op: unknown operator "SCMP_CMP_FOO"',
+    ),
+    (
+        "seccomp-bad-arch",
+        lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_Z80"]}),
+        'linux.seccomp.architectures[0]: unknown architecture "SCMP_ARCH_Z80"',
+    ),
+    (
+        "seccomp-notify-without-listener",
+        lambda c: c["linux"].update(
+            seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mknod"], "action": "SCMP_ACT_NOTIFY"}]}
+        ),
+        "SCMP_ACT_NOTIFY needs a listenerPath",
+    ),
+    (
+        "apparmor-on-host-without-it",
+        lambda c: c["process"].update(apparmorProfile="docker-default"),
+        "process.apparmorProfile: AppArmor is not enabled on this host",
     ),
     (
         "systemd-cgroups-path",

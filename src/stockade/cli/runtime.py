@@ -489,6 +489,14 @@ def main(argv: list[str] | None = None) -> int:
             ctx.log("error", msg)
         print(f"stockade-runtime: {msg}", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if ctx is not None and ctx.debug:
+            raise
+        msg = f"{command + ': ' if command else ''}internal error: {type(e).__name__}: {e} (--debug shows where)"
+        if ctx is not None:
+            ctx.log("error", msg)
+        print(f"stockade-runtime: {msg}", file=sys.stderr)
+        return 1
 
 
 def _message(command: str, e: BaseException) -> str:

@@ -63,7 +63,7 @@ from stockade.runtime.finalize import (
     process_env,
 )
 from stockade.runtime.hooks import run_hooks
-from stockade.runtime.security import apply_seccomp
+from stockade.runtime.security import Seccomp, prepare_seccomp
 from stockade.runtime.state import CONFIG_FILE, EXEC_FIFO, State
 from stockade.spec.runtime import Config
 
@@ -98,22 +98,27 @@ def create_container(
         os.mkfifo(state.fifo_path(), 0o622)
         os.chmod(state.fifo_path(), 0o622)  # mkfifo's mode went through the umask
         cgroup = _create_cgroup(state, config, cleanup)
+        seccomp = prepare_seccomp(config)
+        cleanup.seccomp = seccomp
         console = _connect_console(opts.console_socket) if config.process.terminal else None
-        preload_for_children(
-            config.hooks_of("createContainer") + config.hooks_of("startContainer"), console is not None
-        )
+        hooks = config.hooks_of("createContainer") + config.hooks_of("startContainer")
+        preload_for_children(hooks, console is not None or (seccomp is not None and seccomp.listener is not None))
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()  # the init is reparented to us when the intermediate exits
         pid = os.fork()
         if pid == 0:
-            parent.close()
-            _intermediate(child, state, config, opts, console)  # never returns
+            try:  # a child never returns into the runtime's code
+                parent.close()
+                _intermediate(child, state, config, opts, console, seccomp)
+            finally:
+                os._exit(1)
         child.close()
         if console is not None:
             os.close(console)
         cleanup.pids.append(pid)
         _parent_half(parent, pid, state, config, cgroup, cleanup)
         parent.close()
+        cleanup.release()
     except BaseException as e:
         cleanup.run()
         if isinstance(e, sync.ChildFailed):
@@ -163,8 +168,14 @@ class _Cleanup:
         self.state = state
         self.pids: list[int] = []
         self.cgroup: Any = None
+        self.seccomp: Seccomp | None = None
+
+    def release(self) -> None:
+        if self.seccomp is not None:
+            self.seccomp.release()
 
     def run(self) -> None:
+        self.release()
         for pid in self.pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -257,7 +268,9 @@ def _connect_console(path: str | None) -> int:
 # -- child: the intermediate process --------------------------------------------------------
 
 
-def _intermediate(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None) -> None:
+def _intermediate(
+    ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None, seccomp: Seccomp | None
+) -> None:
     try:
         kproc.set_parent_death_signal(signal.SIGKILL)  # the runtime died: so do we
         linux = config.linux
@@ -277,7 +290,10 @@ def _intermediate(ch: sync.Channel, state: State, config: Config, opts: CreateOp
             kns.write_time_offsets(linux.time_offsets)
         pid = os.fork()
         if pid == 0:
-            _init(ch, state, config, opts, console)  # never returns
+            try:
+                _init(ch, state, config, opts, console, seccomp)
+            finally:
+                os._exit(127)
         ch.send(sync.INIT_PID, str(pid))
         os._exit(0)
     except BaseException as e:
@@ -335,7 +351,9 @@ def describe(e: BaseException) -> str:
 # -- child: the container's init ------------------------------------------------------------
 
 
-def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None) -> None:
+def _init(
+    ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None, seccomp: Seccomp | None
+) -> None:
     fifo_fd = -1
     process = config.process
     assert process is not None
@@ -365,9 +383,10 @@ def _init(ch: sync.Channel, state: State, config: Config, opts: CreateOptions, c
         os.close(state_dir)  # the last handle on the host's filesystem: gone before exec
         os.write(fifo_fd, b"\0")
         run_hooks("startContainer", config.hooks_of("startContainer"), _hook_state(state, "created"))
-        drop_privileges(process)
-        apply_seccomp(config)
+        # Only stdio and the preserved fds cross exec; everything else is close-on-exec.
         kproc.close_range(3 + opts.preserve_fds, flags=kproc.CLOSE_RANGE_CLOEXEC)
+        load = (lambda: seccomp.load(_hook_state(state, "running"))) if seccomp else None
+        drop_privileges(process, load)
         os.execve(executable, process.args, process_env(process))
     except BaseException as e:
         if fifo_fd < 0:

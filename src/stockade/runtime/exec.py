@@ -36,7 +36,7 @@ from stockade.runtime.finalize import (
     find_executable,
     process_env,
 )
-from stockade.runtime.security import apply_seccomp
+from stockade.runtime.security import Seccomp, prepare_seccomp
 from stockade.runtime.state import State
 from stockade.spec.runtime import Config, Process, load_config
 
@@ -59,24 +59,31 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
     require(state, "exec")
     ns_fds = _open_namespaces(state, config)
     console = None
+    seccomp = None
     try:
         if kproc.proc_start_time(state.pid) != state.start_time:
             raise ContainerError(f"container {state.id} is stopped, cannot exec in it")
         manager = cgroup_manager(state)
+        seccomp = prepare_seccomp(config)
         console = _connect_console(opts.console_socket) if process.terminal else None
-        preload_for_children([], console is not None)
+        preload_for_children([], console is not None or (seccomp is not None and seccomp.listener is not None))
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()
         pid = os.fork()
         if pid == 0:
-            parent.close()
-            _intermediate(child, ns_fds, config, process, opts, console)
+            try:  # a child never returns into the runtime's code
+                parent.close()
+                _intermediate(child, ns_fds, process, opts, console, seccomp, state)
+            finally:
+                os._exit(1)
         child.close()
     finally:
         for fd, _kind in ns_fds:
             os.close(fd)
         if console is not None:
             os.close(console)
+        if seccomp is not None:
+            seccomp.release()
     try:
         if manager is not None:
             manager.join(pid)
@@ -155,10 +162,11 @@ def _open_namespaces(state: State, config: Config) -> list[tuple[int, str]]:
 def _intermediate(
     ch: sync.Channel,
     ns_fds: list[tuple[int, str]],
-    config: Config,
     process: Process,
     opts: ExecOptions,
     console: int | None,
+    seccomp: Seccomp | None,
+    state: State,
 ) -> None:
     try:
         kproc.set_parent_death_signal(signal.SIGKILL)
@@ -168,14 +176,19 @@ def _intermediate(
             kns.setns(fd, kns.NAMESPACES[kind][0], kind)
         pid = os.fork()
         if pid == 0:
-            _new_process(ch, config, process, opts, console)
+            try:
+                _new_process(ch, process, opts, console, seccomp, state)
+            finally:
+                os._exit(127)
         ch.send(sync.INIT_PID, str(pid))
         os._exit(0)
     except BaseException as e:
         _report_and_exit(ch, e)
 
 
-def _new_process(ch: sync.Channel, config: Config, process: Process, opts: ExecOptions, console: int | None) -> None:
+def _new_process(
+    ch: sync.Channel, process: Process, opts: ExecOptions, console: int | None, seccomp: Seccomp | None, state: State
+) -> None:
     try:
         os.setsid()
         if console is not None:
@@ -184,9 +197,10 @@ def _new_process(ch: sync.Channel, config: Config, process: Process, opts: ExecO
         apply_rlimits(process)
         chdir_cwd(process)
         executable = find_executable(process)
-        drop_privileges(process)
-        apply_seccomp(config)
+        # Only stdio and the preserved fds cross exec; everything else is close-on-exec.
         kproc.close_range(3 + opts.preserve_fds, flags=kproc.CLOSE_RANGE_CLOEXEC)
+        load = (lambda: seccomp.load(state.oci_state())) if seccomp else None
+        drop_privileges(process, load)
         # The channel's fds are close-on-exec: a successful execve is the EOF the parent waits for.
         os.execve(executable, process.args, process_env(process))
     except BaseException as e:

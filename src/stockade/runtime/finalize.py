@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from collections.abc import Callable
 
 from stockade.errors import ContainerError
 from stockade.kernel import caps as kcaps
@@ -131,11 +132,20 @@ def _setgroups_allowed() -> bool:
         return True
 
 
-def drop_privileges(process: Process) -> None:
-    """Everything from the uid switch to no_new_privs; seccomp is applied by the caller last."""
+def drop_privileges(process: Process, load_seccomp: Callable[[], None] | None = None) -> None:
+    """The uid switch, capabilities, no_new_privs and the seccomp filter.
+
+    With no_new_privs the filter is loaded last, right before execve, so it never polices our
+    own set-up. Without it the kernel lets only a CAP_SYS_ADMIN holder load a filter, so it
+    is loaded first, while we still hold that (the filter must then allow setresuid, capset
+    and prctl; every profile that allows execve does)."""
+    if load_seccomp is not None and not process.no_new_privileges:
+        load_seccomp()
     switch_user(process, CapabilitySets(process.capabilities))
     if process.no_new_privileges:
         set_no_new_privs()
+        if load_seccomp is not None:
+            load_seccomp()
 
 
 def process_env(process: Process) -> dict[str, str]:
