@@ -15,7 +15,7 @@ import stat
 
 from stockade.errors import ContainerError
 from stockade.kernel import mounts as km
-from stockade.spec.mountopts import MountPlan, plan_mount
+from stockade.spec.mountopts import MountPlan
 from stockade.spec.runtime import Config, Device
 
 DEFAULT_DEVICES = (
@@ -134,9 +134,9 @@ def prepare_rootfs(ctx: RootfsContext) -> None:
         raise ContainerError(f"root.path: {rootfs} does not exist") from None
     _step(f"bind rootfs {rootfs}", lambda: km.mount(rootfs, rootfs, None, km.MS_BIND | km.MS_REC))
     ctx.rootfd = os.open(rootfs, km.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for index, mount in enumerate(config.mounts):
-        plan = plan_mount(f"mounts[{index}]", mount.destination, mount.type, mount.source, mount.options)
-        _mount_entry(ctx, plan)
+    for mount in config.mounts:
+        assert mount.plan is not None  # made and checked by load_config
+        _mount_entry(ctx, mount.plan)
     if _dev_is_tmpfs(config):
         _default_devices(ctx)
     for device in config.linux.devices:

@@ -12,6 +12,7 @@ import os.path
 from typing import Any
 
 from stockade.errors import SpecError
+from stockade.spec.mountopts import MountPlan, plan_mount
 from stockade.spec.reader import Reader
 
 SUPPORTED_OCI_MAJOR = 1
@@ -133,7 +134,7 @@ class Process:
 
 
 class Mount:
-    __slots__ = ("destination", "gid_mappings", "options", "source", "type", "uid_mappings")
+    __slots__ = ("destination", "gid_mappings", "options", "plan", "source", "type", "uid_mappings")
 
     def __init__(
         self,
@@ -150,6 +151,7 @@ class Mount:
         self.options = options
         self.uid_mappings = uid_mappings
         self.gid_mappings = gid_mappings
+        self.plan: MountPlan | None = None
 
 
 class Hook:
@@ -408,7 +410,7 @@ def _load_mount(r: Reader) -> Mount:
     if "\0" in destination or any(part == ".." for part in destination.split("/")):
         raise r.fail("destination", f'"{destination}" must not contain ".." components')
     options = r.strings("options")
-    return Mount(
+    mount = Mount(
         destination=os.path.normpath(destination),
         type=r.string("type"),
         source=r.string("source"),
@@ -416,6 +418,8 @@ def _load_mount(r: Reader) -> Mount:
         uid_mappings=_load_mappings(r, "uidMappings"),
         gid_mappings=_load_mappings(r, "gidMappings"),
     )
+    mount.plan = plan_mount(r.path, mount.destination, mount.type, mount.source, options)
+    return mount
 
 
 def _load_hooks(r: Reader | None) -> dict[str, list[Hook]]:

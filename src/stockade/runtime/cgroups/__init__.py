@@ -19,6 +19,24 @@ if TYPE_CHECKING:
     from stockade.runtime.cgroups.base import Manager
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+V1_CONTROLLERS = frozenset(
+    [
+        "cpuset",
+        "cpu",
+        "cpuacct",
+        "blkio",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "perf_event",
+        "net_prio",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
+    ]
+)
 
 
 class Layout:
@@ -51,9 +69,9 @@ def detect_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
                 unified = unified or mount_point
             elif fstype == "cgroup":
                 for opt in super_opts.split(","):
-                    if opt in ("rw", "ro") or opt.startswith(("release_agent=", "clone_children", "noprefix")):
-                        continue
-                    v1.setdefault(opt, mount_point)
+                    # super options mix controllers with flags (xattr, noprefix, release_agent=...)
+                    if opt in V1_CONTROLLERS or opt.startswith("name="):
+                        v1.setdefault(opt, mount_point)
     return Layout(v1, unified)
 
 
