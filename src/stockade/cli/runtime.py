@@ -8,15 +8,17 @@ positional arguments, and for `exec`/`ps` everything after the container ID belo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from stockade import __version__
+from stockade import __version__, jsonfast
 from stockade.errors import StockadeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_SPEC_VERSION = "1.2.0"
 
@@ -167,9 +169,9 @@ class Context:
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.log_format == "json":
-            line = json.dumps({"level": level, "msg": msg, "time": stamp})
+            line = jsonfast.dumps({"level": level, "msg": msg, "time": stamp})
         else:
-            line = f'time="{stamp}" level={level} msg={json.dumps(msg)}'
+            line = f'time="{stamp}" level={level} msg={jsonfast.dumps(msg)}'
         try:
             with open(self.log_path, "a") as f:
                 f.write(line + "\n")
@@ -227,6 +229,8 @@ def cmd_start(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
 
 
 def cmd_state(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
+    import json  # only `state` pretty-prints, as runc does
+
     from stockade.runtime.state import State
 
     state = State.load(ctx.root, need_id("state", rest))
@@ -283,7 +287,7 @@ def cmd_list(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
                     "owner": _owner(state.owner),
                 }
             )
-        print(json.dumps(out))
+        print(jsonfast.dumps(out))
         return 0
     if fmt != "table":
         raise UsageError(f'invalid format option "{fmt}" (table or json)')
@@ -313,7 +317,7 @@ def cmd_ps(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
     pids = ps(ctx.root, container_id)
     fmt = flags.get("format") or "table"
     if fmt == "json":
-        print(json.dumps(pids))
+        print(jsonfast.dumps(pids))
         return 0
     if fmt != "table":
         raise UsageError(f'invalid format option "{fmt}" (table or json)')
@@ -367,14 +371,14 @@ def _exec_process_spec(config: Any, flags: dict[str, Any], args: list[str]) -> A
     if flags.get("process"):
         try:
             with open(flags["process"]) as f:
-                raw = json.load(f)
+                raw = jsonfast.loads(f.read())
         except (OSError, ValueError) as e:
             raise StockadeError(f"--process {flags['process']}: {e}") from None
         return load_process(raw)
     if not args:
         raise UsageError("exec needs --process FILE or a command after the container ID")
     base = config.raw.get("process") or {}
-    raw = json.loads(json.dumps(base))
+    raw = jsonfast.loads(jsonfast.dumps(base))
     raw["args"] = args
     raw["env"] = list(raw.get("env") or []) + list(flags.get("env") or [])
     raw["terminal"] = bool(flags.get("tty"))
@@ -398,6 +402,8 @@ def _exec_process_spec(config: Any, flags: dict[str, Any], args: list[str]) -> A
 
 
 def cmd_features(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
+    import json
+
     from stockade.runtime.features import features
 
     print(json.dumps(features(), indent=2))
@@ -405,6 +411,8 @@ def cmd_features(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
 
 
 def cmd_spec(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
+    import json
+
     from stockade.spec.defaults import default_config
 
     bundle = flags.get("bundle") or "."

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 libc = ctypes.CDLL(None, use_errno=True)
 _syscall = libc.syscall
@@ -33,7 +32,7 @@ _NR_AARCH64 = {
     "openat2": 437,
     "mount_setattr": 442,
 }
-NR = _NR_AARCH64 if platform.machine() == "aarch64" else _NR_X86_64
+NR = _NR_AARCH64 if os.uname().machine == "aarch64" else _NR_X86_64
 
 
 def raise_errno(what: str, obj: object = None) -> None:

@@ -7,20 +7,23 @@ opened after checking the recorded start time, so a recycled PID is never signal
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
 import sys
 import time
-from typing import Any
 
+from stockade import jsonfast
 from stockade.errors import ContainerError, SpecError
 from stockade.kernel import process as kproc
+from stockade.kernel import signals
 from stockade.runtime.create import CreateOptions, create_container, remove_state_dir
 from stockade.runtime.hooks import run_hooks
 from stockade.runtime.state import State, list_ids
 from stockade.spec.runtime import Config, load_config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # status -> verbs allowed in it (youki's can_start/can_kill/... as a table)
 ALLOWED = {
@@ -49,7 +52,7 @@ def load_bundle(bundle: str) -> tuple[Config, bytes]:
     except OSError as e:
         raise ContainerError(f"read {path}: {os.strerror(e.errno or 0)}") from None
     try:
-        data = json.loads(raw)
+        data = jsonfast.loads(raw)
     except ValueError as e:
         raise SpecError("", f"{path}: invalid JSON: {e}") from None
     return load_config(data, bundle), raw
@@ -108,6 +111,8 @@ def _release_init(state: State) -> None:
 
 
 def parse_signal(value: str) -> int:
+    import signal
+
     if value.isdigit():
         number = int(value)
         if not 0 < number < signal.NSIG:
@@ -132,7 +137,7 @@ def kill(root: str, container_id: str, sig: int, all_processes: bool = False) ->
         manager.kill_all(sig)
     else:
         signal_init(state, sig)
-    if status == "paused" and sig == signal.SIGKILL:
+    if status == "paused" and sig == signals.SIGKILL:
         manager = cgroup_manager(state)
         if manager is not None:
             manager.freeze(False)
@@ -186,7 +191,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         manager = cgroup_manager(state)
         if manager is not None and status == "paused":
             manager.freeze(False)
-        signal_init(state, signal.SIGKILL)
+        signal_init(state, signals.SIGKILL)
         if not wait_exit(state.pid, state.start_time, 10):
             raise ContainerError(f"init process {state.pid} does not die")
     destroy(state)
@@ -277,14 +282,13 @@ def run(root: str, container_id: str, bundle: str, opts: CreateOptions, detach: 
 
 
 def _forward_signals(state: State) -> Any:
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
     previous: dict[int, Any] = {}
-    for sig in forwarded:
-        previous[sig] = signal.signal(sig, lambda s, _f: signal_init(state, s))
+    for sig in signals.FORWARDED:
+        previous[sig] = signals.set_handler(sig, lambda s, _f: signal_init(state, s))
 
     def restore() -> None:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signals.set_handler(sig, handler)
 
     return restore
 

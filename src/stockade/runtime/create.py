@@ -5,21 +5,24 @@ Three processes take part, talking over the sync channel (runtime/sync.py):
   parent (the runtime)         intermediate child              init (the container's PID 1)
   --------------------         ------------------              ----------------------------
   state dir, exec fifo,
-  cgroup created + limits
+  cgroup created + limits,
+  seccomp filter compiled
   fork ───────────────────────> join namespaces given by path
-  cgroup join(intermediate)     unshare(user)
+                                unshare(user)
                   <──────────── USERNS_READY
   write uid_map/gid_map
   MAPS_WRITTEN ───────────────> become root in the new userns
                                 unshare(mnt, uts, ipc, net,
-                                  cgroup, pid, time)
+                                  pid, time)
                                 time offsets
                                 fork ─────────────────────────> setsid
                   <──────────── INIT_PID                        rootfs: propagation, bind,
   reap intermediate             exit                              mounts[], devices
+  cgroup join(init)  (meanwhile)
                   <──────────────────────────────────────────── RUN_CREATE_HOOKS
   prestart, createRuntime hooks
-  CREATE_HOOKS_DONE ──────────────────────────────────────────> createContainer hooks
+  CREATE_HOOKS_DONE ──────────────────────────────────────────> unshare(cgroup), cgroup2 mount
+                                                                createContainer hooks
                                                                 pivot_root, masked/ro paths,
                                                                 hostname, sysctl, console
                   <──────────────────────────────────────────── CREATED
@@ -34,8 +37,10 @@ Why this order:
   container's root has capabilities over them and over nothing else. Namespaces joined by
   path are joined before it, while we still hold privileges over the host's namespaces.
 - Only the parent, outside the new user namespace, may write the child's ID maps.
-- The cgroup is joined by the intermediate before it unshares the cgroup namespace, so the
-  container sees its own cgroup as "/"; the init inherits the cgroup by forking.
+- The init is moved into its cgroup before it unshares the cgroup namespace, so the
+  container sees its own cgroup as "/". The parent moves it while the init builds its
+  rootfs: the kernel makes the first migration wait an RCU grace period (~10 ms), which
+  would otherwise stall the whole set-up. A fresh cgroup2 mount waits for the namespace.
 - CLONE_NEWPID and CLONE_NEWTIME apply to children only: hence the second fork, and the
   time offsets written before any process enters the time namespace.
 - createRuntime hooks run in the runtime's namespaces before pivot_root, createContainer
@@ -46,13 +51,12 @@ Why this order:
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import Any
 
 from stockade.errors import ContainerError
 from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
+from stockade.kernel import signals
 from stockade.runtime import rootfs, sync
 from stockade.runtime.finalize import (
     apply_oom_score_adj,
@@ -66,6 +70,10 @@ from stockade.runtime.hooks import run_hooks
 from stockade.runtime.security import Seccomp, prepare_seccomp
 from stockade.runtime.state import CONFIG_FILE, EXEC_FIFO, State
 from stockade.spec.runtime import Config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class CreateOptions:
@@ -131,8 +139,6 @@ def create_container(
 
 def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgroup: Any, cleanup: _Cleanup) -> None:
     linux = config.linux
-    if cgroup is not None:
-        cgroup.join(pid)
     if linux.new_namespace("user"):
         ch.expect(sync.USERNS_READY)
         from stockade.runtime.idmap import write_id_maps
@@ -145,6 +151,10 @@ def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgrou
     cleanup.pids.remove(pid)
     state.pid = init_pid
     state.start_time = kproc.proc_start_time(init_pid) or 0
+    if cgroup is not None:
+        # The first migration into a cgroup waits for an RCU grace period (~10 ms): the init
+        # builds its rootfs meanwhile, and unshares its cgroup namespace only once we say so.
+        cgroup.join(init_pid)
     ch.expect(sync.RUN_CREATE_HOOKS)
     hook_state = _hook_state(state, "creating")
     run_hooks("prestart", config.hooks_of("prestart"), hook_state)
@@ -178,7 +188,7 @@ class _Cleanup:
         self.release()
         for pid in self.pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signals.SIGKILL)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
@@ -272,7 +282,7 @@ def _intermediate(
     ch: sync.Channel, state: State, config: Config, opts: CreateOptions, console: int | None, seccomp: Seccomp | None
 ) -> None:
     try:
-        kproc.set_parent_death_signal(signal.SIGKILL)  # the runtime died: so do we
+        kproc.set_parent_death_signal(signals.SIGKILL)  # the runtime died: so do we
         linux = config.linux
         join_namespaces(config)
         if linux.new_namespace("user"):
@@ -283,7 +293,8 @@ def _intermediate(
             _become_root()
         flags = 0
         for ns in linux.namespaces:
-            if ns.path is None and ns.type != "user":
+            # The cgroup namespace is the init's to unshare, once it has joined its cgroup.
+            if ns.path is None and ns.type not in ("user", "cgroup"):
                 flags |= kns.NAMESPACES[ns.type][0]
         kns.unshare(flags)
         if linux.time_offsets:
@@ -364,6 +375,9 @@ def _init(
         state_dir = os.open(state.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ch.send(sync.RUN_CREATE_HOOKS)
         state.pid = int(ch.expect(sync.CREATE_HOOKS_DONE))
+        if config.linux.new_namespace("cgroup"):
+            kns.unshare(kns.CLONE_NEWCGROUP)  # we are in our cgroup now: it becomes our "/"
+        rootfs.mount_deferred(ctx)
         run_hooks("createContainer", config.hooks_of("createContainer"), _hook_state(state, "creating"))
         rootfs.enter_rootfs(ctx)
         rootfs.finish_rootfs(config)

@@ -19,12 +19,11 @@ so nothing inside can open /proc/<it>/mem or /proc/<it>/exe (the CVE-2019-5736 c
 from __future__ import annotations
 
 import os
-import signal
-from typing import Any
 
 from stockade.errors import ContainerError
 from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
+from stockade.kernel import signals
 from stockade.runtime import sync
 from stockade.runtime.container import _wait_child, cgroup_manager, require
 from stockade.runtime.create import _connect_console, _report_and_exit, _setup_console, describe, preload_for_children
@@ -39,6 +38,10 @@ from stockade.runtime.finalize import (
 from stockade.runtime.security import Seccomp, prepare_seccomp
 from stockade.runtime.state import State
 from stockade.spec.runtime import Config, Process, load_config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ExecOptions:
@@ -107,7 +110,7 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
         return _wait_child(new_pid)
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signals.set_handler(sig, handler)
 
 
 def _wait_exec(ch: sync.Channel, pid: int) -> None:
@@ -129,8 +132,8 @@ def _reap_quietly(pid: int) -> None:
 
 def _forward(pid: int) -> dict[int, Any]:
     previous: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        previous[sig] = signal.signal(sig, lambda s, _f: _kill_quietly(pid, s))
+    for sig in signals.FORWARDED:
+        previous[sig] = signals.set_handler(sig, lambda s, _f: _kill_quietly(pid, s))
     return previous
 
 
@@ -169,7 +172,7 @@ def _intermediate(
     state: State,
 ) -> None:
     try:
-        kproc.set_parent_death_signal(signal.SIGKILL)
+        kproc.set_parent_death_signal(signals.SIGKILL)
         kproc.set_dumpable(False)
         ch.expect(sync.MAPS_WRITTEN)
         for fd, kind in ns_fds:

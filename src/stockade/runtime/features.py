@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from stockade.kernel.caps import CAP_NAMES, last_cap
 from stockade.spec.mountopts import FLAG_OPTIONS, PROPAGATION_OPTIONS
 from stockade.spec.runtime import HOOK_KINDS, NAMESPACE_TYPES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def features() -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
+from stockade import jsonfast
 from stockade.errors import ContainerError
 from stockade.spec.runtime import Hook
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run_hooks(kind: str, hooks: list[Hook], state: dict[str, Any]) -> None:
@@ -16,7 +19,7 @@ def run_hooks(kind: str, hooks: list[Hook], state: dict[str, Any]) -> None:
         return
     import subprocess  # only paid for by containers that have hooks
 
-    payload = json.dumps(state).encode()
+    payload = jsonfast.dumps(state).encode()
     for index, hook in enumerate(hooks):
         what = f"{kind} hook {index} ({hook.path})"
         env = dict(item.partition("=")[::2] for item in hook.env)

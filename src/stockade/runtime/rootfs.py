@@ -47,7 +47,17 @@ PROPAGATION = {
 class RootfsContext:
     """What the mount steps need to know about the container beyond its config."""
 
-    __slots__ = ("bundle", "cgroup_paths", "config", "in_userns", "new_cgroupns", "new_ipcns", "new_netns", "rootfd")
+    __slots__ = (
+        "bundle",
+        "cgroup_paths",
+        "config",
+        "deferred",
+        "in_userns",
+        "new_cgroupns",
+        "new_ipcns",
+        "new_netns",
+        "rootfd",
+    )
 
     def __init__(self, config: Config, bundle: str, cgroup_paths: dict[str, str]) -> None:
         linux = config.linux
@@ -59,6 +69,7 @@ class RootfsContext:
         self.new_cgroupns = linux.new_namespace("cgroup")
         self.cgroup_paths = cgroup_paths
         self.rootfd = -1
+        self.deferred: list[MountPlan] = []  # fresh cgroup2 mounts, made once in the new cgroupns
 
 
 def fd_path(fd: int) -> str:
@@ -238,6 +249,9 @@ def _cgroup_mount(ctx: RootfsContext, plan: MountPlan) -> None:
     shows its cgroup as the root); otherwise, and on v1, the container's directories in the
     host's hierarchies are bind-mounted, one per hierarchy under a tmpfs."""
     unified_only = set(ctx.cgroup_paths) == {""}
+    if unified_only and ctx.new_cgroupns and plan not in ctx.deferred:
+        ctx.deferred.append(plan)  # see mount_deferred
+        return
     target = ensure_target(ctx.rootfd, plan.destination, True)
     try:
         if unified_only and ctx.new_cgroupns:
@@ -260,6 +274,14 @@ def _cgroup_mount(ctx: RootfsContext, plan: MountPlan) -> None:
             _remount_and_propagate(ctx, _bind_plan(sub, plan.flags))
     if plan.flags & km.MS_RDONLY:
         _remount_and_propagate(ctx, _bind_plan(plan.destination, plan.flags))
+
+
+def mount_deferred(ctx: RootfsContext) -> None:
+    """Mounts that had to wait for the cgroup namespace (unshared once the init is in its
+    cgroup): a cgroup2 mounted there shows the container's cgroup as its root."""
+    for plan in ctx.deferred:
+        _mount_entry(ctx, plan)
+    ctx.deferred = []
 
 
 def _hierarchy_dir(name: str) -> str:

@@ -10,15 +10,17 @@ state (SCM_RIGHTS), as the runtime spec describes.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import platform
 import sys
-from typing import Any
 
+from stockade import jsonfast
 from stockade.errors import ContainerError, NotSupported
 from stockade.spec.runtime import Config
 from stockade.spec.seccomp import SeccompPlan, plan_seccomp
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The native architecture's companion ABIs are always in the filter: without them a 32-bit
 # (int 0x80) or x32 syscall would bypass rules written for the 64-bit numbers.
@@ -75,7 +77,7 @@ class Seccomp:
         }
         sock = socket.socket(fileno=self.listener)
         try:
-            socket.send_fds(sock, [json.dumps(message).encode()], [notify_fd])
+            socket.send_fds(sock, [jsonfast.dumps(message).encode()], [notify_fd])
         except OSError as e:
             raise ContainerError(
                 f"send seccomp notify fd to {self.plan.listener_path}: {os.strerror(e.errno or 0)}"
@@ -157,7 +159,7 @@ def _add_architectures(seccomp_filter: Any, plan: SeccompPlan) -> None:
     from stockade.kernel import seccomp as ks
 
     names = [a[len("SCMP_ARCH_") :].lower() for a in plan.architectures]
-    native = platform.machine()
+    native = os.uname().machine
     if not names or native in names:
         names += [n for n in COMPANION_ARCHS.get(native, ()) if n not in names]
     for name in names:

@@ -9,25 +9,33 @@ when it is gone (or a zombie), "creating" while `create` has not recorded a pid 
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from typing import Any
 
+from stockade import jsonfast
 from stockade.errors import ContainerError
 from stockade.kernel.process import proc_start_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.2.0"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 EXEC_FIFO = "exec.fifo"
 
-_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("_.+-")
+
+
+def valid_id(name: str) -> bool:
+    """[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}, checked without `re` (its import costs ~8 ms)."""
+    return 0 < len(name) <= 128 and name[0] in _ID_FIRST and all(c in _ID_CHARS for c in name)
 
 
 def check_id(container_id: str) -> str:
     """Container IDs become directory names: refuse anything that could escape the state root."""
-    if not _VALID_ID.match(container_id):
+    if not valid_id(container_id):
         raise ContainerError(
             f'invalid container ID "{container_id}": use letters, digits and _ . + - (at most 128, not starting with a symbol)'
         )
@@ -82,7 +90,7 @@ class State:
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, json.dumps(self.to_json()).encode())
+            os.write(fd, jsonfast.dumps(self.to_json()).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -93,7 +101,7 @@ class State:
         directory = os.path.join(root, check_id(container_id))
         try:
             with open(os.path.join(directory, STATE_FILE), "rb") as f:
-                data = json.loads(f.read())
+                data = jsonfast.loads(f.read())
         except FileNotFoundError:
             if os.path.isdir(directory):
                 # create is still writing it, or died before it could: report "creating".
@@ -113,7 +121,7 @@ class State:
     def config(self) -> Any:
         """The config.json the container was created from (kept in the state directory)."""
         with open(os.path.join(self.dir, CONFIG_FILE), "rb") as f:
-            return json.loads(f.read())
+            return jsonfast.loads(f.read())
 
     # -- derived status -----------------------------------------------------------------
     def alive(self) -> bool:
@@ -171,4 +179,4 @@ def list_ids(root: str) -> list[str]:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if _VALID_ID.match(n) and os.path.isdir(os.path.join(root, n)))
+    return sorted(n for n in names if valid_id(n) and os.path.isdir(os.path.join(root, n)))

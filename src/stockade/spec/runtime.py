@@ -9,11 +9,14 @@ imports this module, and `dataclasses` alone costs ~10 ms of imports.
 from __future__ import annotations
 
 import os.path
-from typing import Any
 
 from stockade.errors import SpecError
 from stockade.spec.mountopts import MountPlan, plan_mount
 from stockade.spec.reader import Reader
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_OCI_MAJOR = 1
 

@@ -4,10 +4,12 @@ skip, as runc does, since they depend on the kernel and libseccomp at hand."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from stockade.errors import SpecError
 from stockade.spec.reader import Reader
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ACTIONS = (
     "SCMP_ACT_KILL",

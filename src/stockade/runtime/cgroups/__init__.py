@@ -11,10 +11,10 @@ hierarchy-name -> absolute directory ("" is the cgroup2 hierarchy).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from stockade.errors import ContainerError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from stockade.runtime.cgroups.base import Manager
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
-from typing import Any
 
 from stockade.errors import ContainerError
+from stockade.kernel.signals import SIGKILL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def write(path: str, value: str) -> None:
@@ -88,7 +91,7 @@ class Manager:
         raise NotImplementedError
 
     # -- tear-down -----------------------------------------------------------------------
-    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+    def kill_all(self, sig: int = SIGKILL) -> None:
         for pid in self.pids():
             try:
                 os.kill(pid, sig)

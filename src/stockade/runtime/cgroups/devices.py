@@ -1,5 +1,9 @@
 """The device allowlist a container's cgroup gets (pure planning, shared by v1 and v2).
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 Like runc, the rules of linux.resources.devices come first, then allow rules for the
 devices every container gets (null, zero, full, random, urandom, tty, ptmx and the pty
 slaves) and for each node listed in linux.devices, so that a deny-all rule still leaves a
@@ -8,7 +12,9 @@ working /dev.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ALLOWED = (
     ("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9),  # null zero full random urandom

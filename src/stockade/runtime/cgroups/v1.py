@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
 from stockade.runtime.cgroups.base import Manager, read, write
 from stockade.runtime.cgroups.devices import device_rules
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def device_rule(rule: dict[str, Any]) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
 from stockade.runtime.cgroups.base import Manager, read, write
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def shares_to_weight(shares: int) -> int:
