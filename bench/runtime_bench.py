@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stockade.image.busybox import build_rootfs, chown_tree  # noqa: E402
-from stockade.spec.defaults import default_config  # noqa: E402
+from stockade.image.busybox import build_rootfs, chown_tree
+from stockade.spec.defaults import default_config
 
 STOCKADE = str(Path(sys.executable).parent / "stockade-runtime")
 PEERS = {"stockade": STOCKADE, "crun": shutil.which("crun"), "runc": shutil.which("runc")}
@@ -129,7 +129,17 @@ def main() -> int:
     if args.inner:
         inner(args.runs)
         return 0
-    cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, __file__, "--inner", "--runs", str(args.runs)]
+    cmd = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        sys.executable,
+        __file__,
+        "--inner",
+        "--runs",
+        str(args.runs),
+    ]
     return subprocess.run(cmd).returncode
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
 
 from stockade import __version__, jsonfast
 from stockade.errors import StockadeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 OCI_SPEC_VERSION = "1.2.0"
@@ -163,6 +163,10 @@ class Context:
         if self.log_format not in ("text", "json"):
             raise UsageError(f'--log-format: unknown format "{self.log_format}" (text or json)')
         self.debug = bool(flags.get("debug"))
+        if self.debug:
+            from stockade.runtime.trace import enable
+
+            enable()
 
     def log(self, level: str, msg: str) -> None:
         if not self.log_path:

@@ -19,6 +19,7 @@ from stockade.kernel import signals
 from stockade.runtime.create import CreateOptions, create_container, remove_state_dir
 from stockade.runtime.hooks import run_hooks
 from stockade.runtime.state import State, list_ids
+from stockade.runtime.trace import trace
 from stockade.spec.runtime import Config, load_config
 
 TYPE_CHECKING = False
@@ -59,21 +60,27 @@ def load_bundle(bundle: str) -> tuple[Config, bytes]:
 
 
 def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> State:
+    return _create(root, container_id, bundle, opts)[0]
+
+
+def _create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> tuple[State, Config]:
     from stockade.runtime.security import check_supported
     from stockade.runtime.state import check_id
 
     check_id(container_id)
+    trace("create: start")
     config, raw = load_bundle(bundle)
+    trace("create: config loaded and validated")
     check_supported(config)
-    return create_container(root, container_id, os.path.abspath(bundle), config, raw, opts)
+    return create_container(root, container_id, os.path.abspath(bundle), config, raw, opts), config
 
 
-def start(root: str, container_id: str) -> State:
+def start(root: str, container_id: str, config: Config | None = None) -> State:
     state = State.load(root, container_id)
     require(state, "start")
     _release_init(state)
     os.unlink(state.fifo_path())
-    config = load_config(state.config(), state.bundle)
+    config = config or load_config(state.config(), state.bundle)
     try:
         run_hooks("poststart", config.hooks_of("poststart"), state.oci_state())
     except ContainerError as e:
@@ -177,14 +184,19 @@ def wait_exit(pid: int, start_time: int, timeout: float) -> bool:
 
 
 def cgroup_manager(state: State) -> Any:
+    """The driver for the paths the container recorded: one cgroup2 path means v2."""
     if not state.cgroup_paths:
         return None
-    from stockade.runtime import cgroups
+    if set(state.cgroup_paths) == {""}:
+        from stockade.runtime.cgroups.v2 import V2Manager
 
-    return cgroups.manager_for(cgroups.detect_layout())(state.cgroup_paths)
+        return V2Manager(state.cgroup_paths)
+    from stockade.runtime.cgroups.v1 import V1Manager
+
+    return V1Manager(state.cgroup_paths)
 
 
-def delete(root: str, container_id: str, force: bool = False) -> None:
+def delete(root: str, container_id: str, force: bool = False, config: Config | None = None) -> None:
     state = State.load(root, container_id)
     status = require(state, "delete-force" if force else "delete")
     if status != "stopped" and status != "creating":
@@ -194,15 +206,15 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         signal_init(state, signals.SIGKILL)
         if not wait_exit(state.pid, state.start_time, 10):
             raise ContainerError(f"init process {state.pid} does not die")
-    destroy(state)
+    destroy(state, config)
 
 
-def destroy(state: State) -> None:
+def destroy(state: State, config: Config | None = None) -> None:
     """Remove what the container holds (cgroup, state dir), then run its poststop hooks."""
     manager = cgroup_manager(state)
     if manager is not None:
         manager.destroy()
-    config = _saved_config(state)
+    config = config or _saved_config(state)
     hook_state = state.oci_state()
     hook_state["status"] = "stopped"
     remove_state_dir(state.dir)
@@ -263,21 +275,23 @@ def list_states(root: str) -> list[State]:
 def run(root: str, container_id: str, bundle: str, opts: CreateOptions, detach: bool) -> int:
     """create + start; in the foreground also wait, forward signals, delete, and return the
     exit code (128+N for a signal, as shells report it)."""
-    state = create(root, container_id, bundle, opts)
+    state, config = _create(root, container_id, bundle, opts)
     try:
         forward = _forward_signals(state) if not detach else None
-        start(root, container_id)
+        start(root, container_id, config)
     except BaseException:
-        delete(root, container_id, force=True)
+        delete(root, container_id, force=True, config=config)
         raise
     if detach:
         return 0
+    trace("run: started, waiting")
     try:
         code = _wait_child(state.pid)
+        trace("run: container exited")
     finally:
         if forward:
             forward()
-        delete(root, container_id, force=True)
+        delete(root, container_id, force=True, config=config)
     return code
 
 

@@ -67,8 +67,10 @@ from stockade.runtime.finalize import (
     process_env,
 )
 from stockade.runtime.hooks import run_hooks
+from stockade.runtime.idmap import write_id_maps
 from stockade.runtime.security import Seccomp, prepare_seccomp
 from stockade.runtime.state import CONFIG_FILE, EXEC_FIFO, State
+from stockade.runtime.trace import trace
 from stockade.spec.runtime import Config
 
 TYPE_CHECKING = False
@@ -105,7 +107,9 @@ def create_container(
         _write_file(os.path.join(state.dir, CONFIG_FILE), raw_config)
         os.mkfifo(state.fifo_path(), 0o622)
         os.chmod(state.fifo_path(), 0o622)  # mkfifo's mode went through the umask
+        trace("parent: state dir and exec fifo made")
         cgroup = _create_cgroup(state, config, cleanup)
+        trace("parent: cgroup made, limits applied")
         seccomp = prepare_seccomp(config)
         cleanup.seccomp = seccomp
         console = _connect_console(opts.console_socket) if config.process.terminal else None
@@ -113,6 +117,7 @@ def create_container(
         preload_for_children(hooks, console is not None or (seccomp is not None and seccomp.listener is not None))
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()  # the init is reparented to us when the intermediate exits
+        trace("parent: state dir, cgroup, seccomp ready; fork")
         pid = os.fork()
         if pid == 0:
             try:  # a child never returns into the runtime's code
@@ -141,9 +146,8 @@ def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgrou
     linux = config.linux
     if linux.new_namespace("user"):
         ch.expect(sync.USERNS_READY)
-        from stockade.runtime.idmap import write_id_maps
-
         write_id_maps(pid, linux.uid_mappings, linux.gid_mappings)
+        trace("parent: ID maps written")
     ch.send(sync.MAPS_WRITTEN)
     init_pid = int(ch.expect(sync.INIT_PID))
     cleanup.pids.append(init_pid)
@@ -151,10 +155,12 @@ def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgrou
     cleanup.pids.remove(pid)
     state.pid = init_pid
     state.start_time = kproc.proc_start_time(init_pid) or 0
+    trace(f"parent: init is pid {init_pid}")
     if cgroup is not None:
         # The first migration into a cgroup waits for an RCU grace period (~10 ms): the init
         # builds its rootfs meanwhile, and unshares its cgroup namespace only once we say so.
         cgroup.join(init_pid)
+        trace("parent: init joined its cgroup")
     ch.expect(sync.RUN_CREATE_HOOKS)
     hook_state = _hook_state(state, "creating")
     run_hooks("prestart", config.hooks_of("prestart"), hook_state)
@@ -162,6 +168,7 @@ def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgrou
     ch.send(sync.CREATE_HOOKS_DONE, str(init_pid))  # the init cannot see its own host pid
     ch.expect(sync.CREATED)
     state.save()
+    trace("parent: created")
 
 
 def _hook_state(state: State, status: str) -> dict[str, Any]:
@@ -287,6 +294,7 @@ def _intermediate(
         join_namespaces(config)
         if linux.new_namespace("user"):
             kns.unshare(kns.CLONE_NEWUSER)
+            trace("intermediate: user namespace unshared")
             ch.send(sync.USERNS_READY)
         ch.expect(sync.MAPS_WRITTEN)
         if linux.namespace("user") is not None:
@@ -297,6 +305,7 @@ def _intermediate(
             if ns.path is None and ns.type not in ("user", "cgroup"):
                 flags |= kns.NAMESPACES[ns.type][0]
         kns.unshare(flags)
+        trace("intermediate: namespaces unshared")
         if linux.time_offsets:
             kns.write_time_offsets(linux.time_offsets)
         pid = os.fork()
@@ -372,6 +381,7 @@ def _init(
         os.setsid()
         ctx = rootfs.RootfsContext(config, state.bundle, state.cgroup_paths)
         rootfs.prepare_rootfs(ctx)
+        trace("init: rootfs prepared")
         state_dir = os.open(state.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ch.send(sync.RUN_CREATE_HOOKS)
         state.pid = int(ch.expect(sync.CREATE_HOOKS_DONE))
@@ -380,6 +390,7 @@ def _init(
         rootfs.mount_deferred(ctx)
         run_hooks("createContainer", config.hooks_of("createContainer"), _hook_state(state, "creating"))
         rootfs.enter_rootfs(ctx)
+        trace("init: pivoted")
         rootfs.finish_rootfs(config)
         _set_names_and_sysctls(config)
         if console is not None:
@@ -390,6 +401,7 @@ def _init(
         apply_rlimits(process)
         chdir_cwd(process)
         executable = find_executable(process)
+        trace("init: created, waiting for start")
         ch.send(sync.CREATED)
         ch.close()
         # Wait for `start`: opening a fifo for writing blocks until someone opens it to read.
@@ -401,6 +413,7 @@ def _init(
         kproc.close_range(3 + opts.preserve_fds, flags=kproc.CLOSE_RANGE_CLOEXEC)
         load = (lambda: seccomp.load(_hook_state(state, "running"))) if seccomp else None
         drop_privileges(process, load)
+        trace(f"init: execve {executable}")
         os.execve(executable, process.args, process_env(process))
     except BaseException as e:
         if fifo_fd < 0:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import resource
 import sys
-from collections.abc import Callable
 
 from stockade.errors import ContainerError
 from stockade.kernel import caps as kcaps
 from stockade.kernel.process import set_keepcaps, set_no_new_privs, write_proc_file
 from stockade.spec.runtime import Capabilities, Process
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -8,7 +8,6 @@ newuidmap/newgidmap (Debian's uidmap), which check /etc/subuid and /etc/subgid.
 from __future__ import annotations
 
 import os
-import shutil
 
 from stockade.errors import ContainerError
 from stockade.kernel.process import write_proc_file
@@ -40,6 +39,7 @@ def _write(pid: int, name: str, content: str) -> None:
 
 
 def _helper(name: str, pid: int, maps: list[IDMapping]) -> None:
+    import shutil
     import subprocess
 
     path = shutil.which(name)
