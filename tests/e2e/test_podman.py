@@ -139,9 +139,9 @@ def test_run_it_gets_a_terminal(podman):
         ["script", "-qec", f"stty rows 40 cols 100; {command}", "/dev/null"],
         capture_output=True, text=True, env=podman.env, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 5
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    assert lines[0].startswith("/dev/pts/")
+    assert proc.returncode == 5, (proc.stdout, proc.stderr)
+    assert lines and lines[0].startswith("/dev/pts/"), (proc.stdout, proc.stderr)
     assert "40 100" in lines
 
 

@@ -147,3 +147,29 @@ def test_failing_poststart_hook_only_warns(bundle, runtime, tmp_path):
     proc = subprocess.run(runtime.cmd("run", "--bundle", str(bundle.path), "c1"), capture_output=True, text=True)
     assert proc.returncode == 0
     assert "ran" in proc.stdout and "warning: poststart hook 0" in proc.stderr
+
+
+def _script(command: list[str], setup: str = "stty rows 24 cols 80") -> subprocess.CompletedProcess[str]:
+    """Run `command` on a real terminal (script(1)), as a user at a shell would."""
+    import shlex
+
+    line = f"{setup}; {' '.join(shlex.quote(c) for c in command)}; echo rc=$?"
+    return subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True, timeout=30)
+
+
+def test_run_with_terminal_and_no_console_socket_proxies_our_tty(bundle, runtime):
+    bundle.userns()
+    bundle.process["terminal"] = True
+    bundle.sh("tty; stty size; echo done").write()
+    proc = _script(runtime.cmd("run", "--bundle", str(bundle.path), "c1"), setup="stty rows 31 cols 97")
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert lines[0].startswith("/dev/pts/"), proc.stdout
+    assert "31 97" in lines and "done" in lines and "rc=0" in lines
+
+
+def test_exec_with_terminal_and_no_console_socket(bundle, runtime):
+    runtime.detached(bundle.userns().sh("sleep 30"), "c1")
+    proc = _script(runtime.cmd("exec", "-t", "c1", "sh", "-c", "tty; exit 4"))
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert lines[0].startswith("/dev/pts/"), proc.stdout
+    assert "rc=4" in lines

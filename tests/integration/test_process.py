@@ -128,3 +128,19 @@ def test_no_host_directory_is_reachable_through_fds_or_cwd(bundle, runtime):
     out = runtime.run_output(bundle.sh(script))
     for target in out.split():
         assert not target.startswith(("/tmp", "/work", "/run", "/root", "/home")), target
+
+
+def test_oom_score_adj(bundle, runtime):
+    bundle.process["oomScoreAdj"] = 500
+    assert runtime.run_output(bundle.sh("cat /proc/self/oom_score_adj")).strip() == "500"
+
+
+def test_personality_linux32(bundle, runtime):
+    bundle.linux["personality"] = {"domain": "LINUX32"}
+    assert runtime.run_output(bundle.args("uname", "-m")).strip() in ("i686", "i386")
+
+
+def test_additional_gids_and_umask_for_exec(bundle, runtime):
+    runtime.detached(bundle.sh("sleep 30"), "c1")
+    out = runtime("exec", "--additional-gids", "10", "--user", "1000:1000", "c1", "id", "-G").stdout
+    assert set(out.split()) == {"1000", "10"}

@@ -63,7 +63,10 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> St
     return _create(root, container_id, bundle, opts)[0]
 
 
-def _create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> tuple[State, Config]:
+def _create(
+    root: str, container_id: str, bundle: str, opts: CreateOptions, proxy_terminal: bool = False
+) -> tuple[State, Config, Any]:
+    """create, and with `proxy_terminal` a ConsoleProxy for a terminal with no console socket."""
     from stockade.runtime.security import check_supported
     from stockade.runtime.state import check_id
 
@@ -72,7 +75,14 @@ def _create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> t
     config, raw = load_bundle(bundle)
     trace("create: config loaded and validated")
     check_supported(config)
-    return create_container(root, container_id, os.path.abspath(bundle), config, raw, opts), config
+    proxy = None
+    if proxy_terminal and config.process is not None and config.process.terminal and not opts.console_socket:
+        from stockade.runtime.console import ConsoleProxy, our_terminal_size
+
+        proxy = ConsoleProxy()
+        opts.console_fd = proxy.child_end
+        config.process.console_size = our_terminal_size() or config.process.console_size
+    return create_container(root, container_id, os.path.abspath(bundle), config, raw, opts), config, proxy
 
 
 def start(root: str, container_id: str, config: Config | None = None) -> State:
@@ -275,7 +285,7 @@ def list_states(root: str) -> list[State]:
 def run(root: str, container_id: str, bundle: str, opts: CreateOptions, detach: bool) -> int:
     """create + start; in the foreground also wait, forward signals, delete, and return the
     exit code (128+N for a signal, as shells report it)."""
-    state, config = _create(root, container_id, bundle, opts)
+    state, config, proxy = _create(root, container_id, bundle, opts, proxy_terminal=not detach)
     try:
         forward = _forward_signals(state) if not detach else None
         start(root, container_id, config)
@@ -286,6 +296,9 @@ def run(root: str, container_id: str, bundle: str, opts: CreateOptions, detach: 
         return 0
     trace("run: started, waiting")
     try:
+        if proxy is not None:
+            proxy.receive_master()
+            proxy.run()
         code = _wait_child(state.pid)
         trace("run: container exited")
     finally:

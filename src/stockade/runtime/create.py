@@ -51,6 +51,7 @@ Why this order:
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from stockade.errors import ContainerError
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
 
 
 class CreateOptions:
-    __slots__ = ("console_socket", "no_new_keyring", "pid_file", "preserve_fds")
+    __slots__ = ("console_fd", "console_socket", "no_new_keyring", "pid_file", "preserve_fds")
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class CreateOptions:
         no_new_keyring: bool = False,
     ) -> None:
         self.console_socket = console_socket
+        self.console_fd: int | None = None  # an already-connected console socket (our own proxy)
         self.pid_file = pid_file
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
@@ -112,7 +114,7 @@ def create_container(
         trace("parent: cgroup made, limits applied")
         seccomp = prepare_seccomp(config)
         cleanup.seccomp = seccomp
-        console = _connect_console(opts.console_socket) if config.process.terminal else None
+        console = _console_for(config.process.terminal, opts.console_socket, opts.console_fd)
         hooks = config.hooks_of("createContainer") + config.hooks_of("startContainer")
         preload_for_children(hooks, console is not None or (seccomp is not None and seccomp.listener is not None))
         parent, child = sync.channel_pair()
@@ -256,7 +258,10 @@ def _create_cgroup(state: State, config: Config, cleanup: _Cleanup) -> Any:
     if layout.kind == "none":
         return None
     if os.geteuid() != 0:
-        print("stockade-runtime: warning: running rootless without a delegated cgroup: no resource limits", flush=True)
+        print(
+            "stockade-runtime: warning: running rootless without a delegated cgroup: no resource limits",
+            file=sys.stderr,
+        )
         return None
     own = cgroups.own_cgroups()
     path = cgroups.resolve_path(config.linux.cgroups_path, state.id, own.get("", "/"))
@@ -266,6 +271,12 @@ def _create_cgroup(state: State, config: Config, cleanup: _Cleanup) -> Any:
     manager.apply(config.linux.resources, config.linux.devices)
     state.cgroup_paths = dict(manager.paths)
     return manager
+
+
+def _console_for(terminal: bool, path: str | None, connected: int | None) -> int | None:
+    if not terminal:
+        return None
+    return connected if connected is not None else _connect_console(path)
 
 
 def _connect_console(path: str | None) -> int:

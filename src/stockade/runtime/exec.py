@@ -26,7 +26,7 @@ from stockade.kernel import process as kproc
 from stockade.kernel import signals
 from stockade.runtime import sync
 from stockade.runtime.container import _wait_child, cgroup_manager, require
-from stockade.runtime.create import _connect_console, _report_and_exit, _setup_console, describe, preload_for_children
+from stockade.runtime.create import _console_for, _report_and_exit, _setup_console, describe, preload_for_children
 from stockade.runtime.finalize import (
     apply_oom_score_adj,
     apply_rlimits,
@@ -45,10 +45,11 @@ if TYPE_CHECKING:
 
 
 class ExecOptions:
-    __slots__ = ("console_socket", "detach", "pid_file", "preserve_fds")
+    __slots__ = ("console_fd", "console_socket", "detach", "pid_file", "preserve_fds")
 
     def __init__(self, console_socket: str | None, pid_file: str | None, detach: bool, preserve_fds: int) -> None:
         self.console_socket = console_socket
+        self.console_fd: int | None = None
         self.pid_file = pid_file
         self.detach = detach
         self.preserve_fds = preserve_fds
@@ -68,7 +69,14 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
             raise ContainerError(f"container {state.id} is stopped, cannot exec in it")
         manager = cgroup_manager(state)
         seccomp = prepare_seccomp(config)
-        console = _connect_console(opts.console_socket) if process.terminal else None
+        proxy = None
+        if process.terminal and not opts.console_socket and not opts.detach:
+            from stockade.runtime.console import ConsoleProxy, our_terminal_size
+
+            proxy = ConsoleProxy()
+            opts.console_fd = proxy.child_end
+            process.console_size = our_terminal_size() or process.console_size
+        console = _console_for(process.terminal, opts.console_socket, opts.console_fd)
         preload_for_children([], console is not None or (seccomp is not None and seccomp.listener is not None))
         parent, child = sync.channel_pair()
         kproc.set_child_subreaper()
@@ -107,6 +115,9 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
         return 0
     previous = _forward(new_pid)
     try:
+        if proxy is not None:
+            proxy.receive_master()
+            proxy.run()
         return _wait_child(new_pid)
     finally:
         for sig, handler in previous.items():
