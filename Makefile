@@ -30,18 +30,23 @@ $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	@# Byte-compile now: the runtime starts many times per container, and some environments
+	@# set PYTHONDONTWRITEBYTECODE, which would make every start recompile what changed.
+	$(VENV)/bin/python -m compileall -q src
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: setup
 	@bash scripts/demo.sh
 
 test: setup
+	$(VENV)/bin/python -m compileall -q src
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 test-unit: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
 bench: setup
+	$(VENV)/bin/python -m compileall -q src
 	$(VENV)/bin/python bench/runtime_bench.py
 
 lint: venv
