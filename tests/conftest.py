@@ -176,6 +176,19 @@ def _stockade_cgroups() -> list[str]:
     return found
 
 
+def _processes_rooted_under(path: str) -> list[int]:
+    """Processes whose root directory is a rootfs under `path`: a container still running."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/root").startswith(path):
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture(autouse=True)
 def leaves_nothing_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """Every test must leave the machine as it found it: no mounts under its tmp dir, no
@@ -195,4 +208,7 @@ def leaves_nothing_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Any
     state = tmp_path / "state"
     if state.exists() and os.listdir(state):
         leftovers.append(f"state dirs: {os.listdir(state)}")
+    processes = _processes_rooted_under(str(tmp_path))
+    if processes:
+        leftovers.append(f"processes: {processes[:5]}")
     assert not leftovers, "test left behind: " + "; ".join(leftovers)

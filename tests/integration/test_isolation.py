@@ -131,3 +131,30 @@ def test_sysctl_is_applied(bundle, runtime):
     bundle.config["root"]["readonly"] = True
     bundle.linux["readonlyPaths"] = []
     assert runtime.run_output(bundle.sh("cat /proc/sys/kernel/shmmax")).strip() == "12345678"
+
+
+def test_sysfs_is_bound_read_only_in_a_userns_without_its_own_netns(bundle, runtime):
+    bundle.userns()
+    bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "network"]
+    out = runtime.run_output(bundle.sh("cat /proc/self/mountinfo; ls /sys/kernel >/dev/null && echo listed"))
+    mounts = [line.split() for line in out.splitlines() if len(line.split()) > 5]
+    under_sys = [m for m in mounts if m[4] == "/sys" or m[4].startswith("/sys/")]
+    assert [m[4] for m in under_sys].count("/sys") == 1
+    # every mount under /sys, the host's submounts included, is read-only
+    assert all(m[5].startswith("ro") for m in under_sys), [(m[4], m[5]) for m in under_sys if not m[5].startswith("ro")]
+    assert out.splitlines()[-1] == "listed"
+
+
+def test_linux_devices_are_created(bundle, runtime):
+    bundle.linux["devices"] = [
+        {"type": "c", "path": "/dev/fuse", "major": 10, "minor": 229, "fileMode": 0o600, "uid": 0, "gid": 0}
+    ]
+    out = runtime.run_output(bundle.sh("ls -l /dev/fuse"))
+    assert out.startswith("crw-------") and "10, 229" in out
+
+
+def test_linux_devices_in_a_userns_are_bind_mounted_from_the_host(bundle, runtime):
+    bundle.userns()
+    bundle.linux["devices"] = [{"type": "c", "path": "/dev/fuse", "major": 10, "minor": 229}]
+    out = runtime.run_output(bundle.sh("ls -l /dev/fuse; grep ' /dev/fuse ' /proc/self/mountinfo | wc -l"))
+    assert "10, 229" in out and out.split()[-1] == "1"

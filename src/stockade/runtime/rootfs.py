@@ -225,10 +225,10 @@ def _fs_mount(ctx: RootfsContext, plan: MountPlan) -> None:
             if host is None or not ctx.in_userns:
                 raise
             km.mount(host, fd_path(target), None, km.MS_BIND | km.MS_REC)
-            if fstype == "sysfs":
-                plan.flags |= km.MS_RDONLY
-            plan.bind = True
-            _remount_and_propagate(ctx, plan)
+            if fstype == "sysfs" or plan.flags & km.MS_RDONLY:
+                # Read-only all the way down: the host's sysfs carries submounts (its cgroup
+                # hierarchies among them) that a plain remount of the top would leave writable.
+                _read_only_tree(ctx, plan.destination)
             return
         except OSError as e:
             # devpts: gid=5 is not mapped in every user namespace; the kernel says EINVAL.
@@ -240,6 +240,14 @@ def _fs_mount(ctx: RootfsContext, plan: MountPlan) -> None:
         os.close(target)
     if plan.propagation:
         _remount_and_propagate(ctx, plan)
+
+
+def _read_only_tree(ctx: RootfsContext, destination: str) -> None:
+    fd = open_in_root(ctx.rootfd, destination)
+    try:
+        km.mount_setattr(fd, "", km.AT_EMPTY_PATH | km.AT_RECURSIVE, km.MOUNT_ATTR_RDONLY)
+    finally:
+        os.close(fd)
 
 
 def _cgroup_mount(ctx: RootfsContext, plan: MountPlan) -> None:
