@@ -70,6 +70,15 @@ class Bundle:
         os.lchown(self.rootfs, base, base)
         return self
 
+    def secure(self, base: int = USERNS_BASE) -> Bundle:
+        """The defaults every engine container gets: own user namespace, Docker's capabilities,
+        the default seccomp profile, no_new_privs, masked paths, a pids limit."""
+        from stockade.spec.defaults import apply_secure_defaults
+
+        self.userns(base)
+        apply_secure_defaults(self.config, base)
+        return self
+
     def writable(self) -> Bundle:
         self.config["root"]["readonly"] = False
         return self

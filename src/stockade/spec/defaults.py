@@ -81,3 +81,28 @@ def default_config(rootless: bool = False, args: list[str] | None = None, termin
         "mounts": mounts,
         "linux": linux,
     }
+
+
+def apply_secure_defaults(config: dict[str, Any], host_id: int, size: int = 65536) -> dict[str, Any]:
+    """What every container gets unless someone asks, by name, for less: its own user
+    namespace (root inside is `host_id` outside), Docker's default capabilities, the default
+    seccomp profile, no_new_privs, masked and read-only /proc paths, a pids limit."""
+    from stockade.spec.profiles import DOCKER_DEFAULT_CAPS, default_seccomp
+
+    linux = config.setdefault("linux", {})
+    namespaces = linux.setdefault("namespaces", [])
+    if not any(ns.get("type") == "user" for ns in namespaces):
+        namespaces.append({"type": "user"})
+    linux["uidMappings"] = [{"containerID": 0, "hostID": host_id, "size": size}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": host_id, "size": size}]
+    caps = list(DOCKER_DEFAULT_CAPS)
+    process = config.setdefault("process", {})
+    process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
+    process["noNewPrivileges"] = True
+    linux["seccomp"] = default_seccomp(caps)
+    linux.setdefault("maskedPaths", list(MASKED_PATHS))
+    linux.setdefault("readonlyPaths", list(READONLY_PATHS))
+    resources = linux.setdefault("resources", {})
+    resources.setdefault("pids", {"limit": 2048})
+    resources.setdefault("devices", [{"allow": False, "access": "rwm"}])
+    return config

@@ -1,0 +1,75 @@
+/* Escape attempts, one per subcommand, run inside a container by tests/integration/test_escapes.py.
+ * Each prints "ok" if the attack worked, or the errno name that stopped it; built with gcc -static. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+static int report(int ret) {
+    if (ret >= 0) { puts("ok"); return 0; }
+    const char *name = strerrorname_np(errno);
+    puts(name ? name : "unknown");
+    return 0;
+}
+
+/* The classic chroot breakout: chroot into a subdirectory while the cwd stays outside it, climb
+ * with "..", chroot there. Then look for a file that exists only on the host. */
+static int chroot_breakout(const char *host_marker) {
+    mkdir("/tmp/jail", 0755);
+    if (chroot("/tmp/jail") < 0) return report(-1);
+    for (int i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") < 0) return report(-1);
+    return report(open(host_marker, O_RDONLY));
+}
+
+/* Shocker: open_by_handle_at with a handle for inode 2 (the root of most filesystems). */
+static int shocker(void) {
+    struct { unsigned int bytes; int type; unsigned char f[8]; } h = { 8, 1, {2, 0, 0, 0, 0, 0, 0, 0} };
+    return report(syscall(SYS_open_by_handle_at, AT_FDCWD, &h, O_RDONLY));
+}
+
+static int write_file(const char *path) {
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return report(-1);
+    return report(write(fd, "1", 1) == 1 ? 0 : -1);
+}
+
+static int do_mount(void) { return report(mount("none", "/mnt", "tmpfs", 0, NULL)); }
+static int cgroup_mount(void) { return report(mount("cgroup", "/mnt", "cgroup", 0, "rdma")); }
+static int load_module(void) { return report(syscall(SYS_finit_module, 0, "", 0)); }
+static int block_device(void) { return report(mknod("/tmp/sda", S_IFBLK | 0600, makedev(8, 0))); }
+static int ptrace_outside(const char *pid) { return report(ptrace(PTRACE_ATTACH, atoi(pid), 0, 0)); }
+static int new_userns(void) { return report(unshare(CLONE_NEWUSER)); }
+static int new_userns_clone(void) {
+    pid_t pid = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) _exit(0);
+    return report(pid);
+}
+static int keyctl_call(void) { return report(syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0)); }
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
+    if (!strcmp(cmd, "chroot")) return chroot_breakout(arg);
+    if (!strcmp(cmd, "shocker")) return shocker();
+    if (!strcmp(cmd, "write")) return write_file(arg);
+    if (!strcmp(cmd, "mount")) return do_mount();
+    if (!strcmp(cmd, "cgroup-mount")) return cgroup_mount();
+    if (!strcmp(cmd, "module")) return load_module();
+    if (!strcmp(cmd, "blockdev")) return block_device();
+    if (!strcmp(cmd, "ptrace")) return ptrace_outside(arg);
+    if (!strcmp(cmd, "userns")) return new_userns();
+    if (!strcmp(cmd, "userns-clone")) return new_userns_clone();
+    if (!strcmp(cmd, "keyctl")) return keyctl_call();
+    return 2;
+}

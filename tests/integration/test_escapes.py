@@ -1,0 +1,103 @@
+"""The escape battery: each attack fails from inside a container with the default security
+settings (tests/conftest.py Bundle.secure), as root on the host, with the exact errno."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import requires_root
+
+pytestmark = [requires_root, pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")]
+
+HELPER_SOURCE = Path(__file__).resolve().parents[1] / "helpers" / "escape.c"
+
+
+@pytest.fixture(scope="session")
+def escape_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("escape") / "escape"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(HELPER_SOURCE)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture
+def attack(bundle, runtime, escape_binary):
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
+    bundle.secure().writable()
+
+    def run(*args: str) -> str:
+        return runtime.run_output(bundle.args("/escape", *args)).strip()
+
+    return run
+
+
+def test_chroot_breakout_stays_in_the_container(attack, tmp_path):
+    marker = tmp_path / "host-only-marker"
+    marker.write_text("host")
+    os.chmod(marker, 0o644)
+    assert attack("chroot", str(marker)) == "ENOENT"
+
+
+def test_shocker_open_by_handle_at_is_refused(attack):
+    assert attack("shocker") == "EPERM"
+
+
+def test_writing_proc_sys_kernel_is_refused(attack):
+    # Two layers refuse it: the host-owned file is unwritable for a mapped root (EACCES, checked
+    # first), and /proc/sys is a read-only bind (EROFS: see test_isolation's masked paths test).
+    assert attack("write", "/proc/sys/kernel/core_pattern") == "EACCES"
+
+
+def test_writing_sysrq_trigger_is_refused(attack):
+    if not os.path.exists("/proc/sysrq-trigger"):
+        pytest.skip("this kernel has no /proc/sysrq-trigger")
+    assert attack("write", "/proc/sysrq-trigger") == "EROFS"
+
+
+def test_kallsyms_shows_no_addresses(bundle, runtime):
+    bundle.secure()
+    out = runtime.run_output(bundle.sh("head -n 50 /proc/kallsyms | cut -d' ' -f1 | sort -u"))
+    assert out.split() == ["0000000000000000"]
+
+
+def test_kcore_is_masked(bundle, runtime):
+    if not os.path.exists("/proc/kcore"):
+        pytest.skip("this kernel has no /proc/kcore")
+    bundle.secure()
+    assert runtime.run_output(bundle.sh("wc -c < /proc/kcore")).strip() == "0"
+
+
+def test_mounting_anything_is_refused(attack):
+    assert attack("mount") == "EPERM"
+
+
+def test_loading_a_kernel_module_is_refused(attack):
+    assert attack("module") == "EPERM"
+
+
+def test_creating_a_block_device_is_refused(attack):
+    assert attack("blockdev") == "EPERM"
+
+
+def test_ptrace_of_a_process_outside_is_refused(attack):
+    assert attack("ptrace", "1") == "EPERM"
+
+
+def test_release_agent_is_out_of_reach(attack, bundle, runtime):
+    # CVE-2022-0492: mount a v1 hierarchy to reach its release_agent; and the mounted view
+    # of the host's hierarchies is the container's own cgroup, read-only, with no agent file.
+    assert attack("cgroup-mount") == "EPERM"
+    out = runtime.run_output(bundle.sh("ls /sys/fs/cgroup/memory/release_agent 2>&1; echo x 2>&1 > /sys/fs/cgroup/memory/cgroup.procs; true"))
+    assert "No such file or directory" in out and "Read-only file system" in out
+
+
+def test_unsharing_a_user_namespace_to_regain_capabilities_is_refused(attack):
+    assert attack("userns") == "EPERM"
+    assert attack("userns-clone") == "EPERM"
+
+
+def test_keyring_syscalls_are_refused(attack):
+    assert attack("keyctl") == "EPERM"
