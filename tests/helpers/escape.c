@@ -57,6 +57,15 @@ static int new_userns_clone(void) {
 }
 static int keyctl_call(void) { return report(syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0)); }
 
+/* Print the description of our session keyring ("keyring;uid;gid;perm;name"). */
+static int session_keyring(void) {
+    char buf[256] = {0};
+    long id = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0);
+    if (id < 0 || syscall(SYS_keyctl, 6 /* KEYCTL_DESCRIBE */, id, buf, sizeof buf - 1) < 0) return report(-1);
+    puts(buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
@@ -71,5 +80,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "userns")) return new_userns();
     if (!strcmp(cmd, "userns-clone")) return new_userns_clone();
     if (!strcmp(cmd, "keyctl")) return keyctl_call();
+    if (!strcmp(cmd, "session-keyring")) return session_keyring();
     return 2;
 }

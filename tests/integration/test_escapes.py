@@ -101,3 +101,18 @@ def test_unsharing_a_user_namespace_to_regain_capabilities_is_refused(attack):
 
 def test_keyring_syscalls_are_refused(attack):
     assert attack("keyctl") == "EPERM"
+
+
+def test_each_container_gets_its_own_session_keyring(bundle, runtime, escape_binary):
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
+    bundle.userns().args("/escape", "session-keyring")
+    first = runtime.run_output(bundle, "alpha").strip()
+    second = runtime.run_output(bundle, "beta").strip()
+    assert first.endswith(";_ses.alpha") and second.endswith(";_ses.beta")
+
+
+def test_no_new_keyring_keeps_the_callers(bundle, runtime, escape_binary):
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
+    bundle.args("/escape", "session-keyring").write()
+    out = runtime("run", "--no-new-keyring", "--bundle", str(bundle.path), "gamma").stdout.strip()
+    assert not out.endswith(";_ses.gamma")

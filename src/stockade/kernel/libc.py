@@ -16,6 +16,7 @@ _syscall.restype = ctypes.c_long
 # x86_64 and aarch64 numbers for the calls glibc 2.36 does not wrap.
 _NR_X86_64 = {
     "pivot_root": 155,
+    "keyctl": 250,
     "pidfd_send_signal": 424,
     "open_tree": 428,
     "move_mount": 429,
@@ -25,6 +26,7 @@ _NR_X86_64 = {
 }
 _NR_AARCH64 = {
     "pivot_root": 41,
+    "keyctl": 219,
     "pidfd_send_signal": 424,
     "open_tree": 428,
     "move_mount": 429,

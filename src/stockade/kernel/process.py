@@ -78,6 +78,14 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
     syscall("pidfd_send_signal", ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0), obj=f"signal {sig}")
 
 
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str) -> int:
+    """Give the calling process a new session keyring called `name` (keyctl(2)); returns its id."""
+    return syscall("keyctl", ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), name.encode(), obj=name)
+
+
 def write_proc_file(path: str, value: str) -> None:
     """Write a /proc or /sys file in one write(2), as the kernel expects for map and knob files."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

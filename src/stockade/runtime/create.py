@@ -410,6 +410,10 @@ def _init(
             kproc.personality(kproc.PER_LINUX32)
         apply_oom_score_adj(process)
         apply_rlimits(process)
+        if not opts.no_new_keyring:
+            # Keys are not namespaced: without its own session keyring the container would share
+            # the runtime caller's (the keys of whoever ran us).
+            kproc.join_session_keyring(f"_ses.{state.id}")
         chdir_cwd(process)
         executable = find_executable(process)
         trace("init: created, waiting for start")
