@@ -66,6 +66,15 @@ static int session_keyring(void) {
     return 0;
 }
 
+/* Ask for `count` block devices; print how many calls failed with EPERM. */
+static int mknod_flood(int count) {
+    int eperm = 0;
+    for (int i = 0; i < count; i++)
+        if (mknod("/tmp/flood", S_IFBLK | 0600, makedev(8, 0)) < 0 && errno == EPERM) eperm++;
+    printf("%d\n", eperm);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
@@ -81,5 +90,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "userns-clone")) return new_userns_clone();
     if (!strcmp(cmd, "keyctl")) return keyctl_call();
     if (!strcmp(cmd, "session-keyring")) return session_keyring();
+    if (!strcmp(cmd, "mknod-flood")) return mknod_flood(atoi(arg));
     return 2;
 }

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import requires_root
 
 pytestmark = [requires_root, pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")]
@@ -90,7 +91,9 @@ def test_release_agent_is_out_of_reach(attack, bundle, runtime):
     # CVE-2022-0492: mount a v1 hierarchy to reach its release_agent; and the mounted view
     # of the host's hierarchies is the container's own cgroup, read-only, with no agent file.
     assert attack("cgroup-mount") == "EPERM"
-    out = runtime.run_output(bundle.sh("ls /sys/fs/cgroup/memory/release_agent 2>&1; echo x 2>&1 > /sys/fs/cgroup/memory/cgroup.procs; true"))
+    out = runtime.run_output(
+        bundle.sh("ls /sys/fs/cgroup/memory/release_agent 2>&1; echo x 2>&1 > /sys/fs/cgroup/memory/cgroup.procs; true")
+    )
     assert "No such file or directory" in out and "Read-only file system" in out
 
 

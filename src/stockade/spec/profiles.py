@@ -66,3 +66,16 @@ def render(profile: dict[str, Any], capabilities: list[str], machine: str | None
 
 def default_seccomp(capabilities: list[str], machine: str | None = None) -> dict[str, Any]:
     return render(load_profile(), capabilities, machine)
+
+
+def with_mknod_mediation(seccomp: dict[str, Any], listener_path: str) -> dict[str, Any]:
+    """The profile with mknod/mknodat sent to a mediator (stockade.runtime.mediation) instead
+    of being allowed, so that unprivileged containers can create harmless device nodes."""
+    trapped = {"mknod", "mknodat"}
+    syscalls = []
+    for rule in seccomp.get("syscalls", []):
+        names = [n for n in rule["names"] if n not in trapped]
+        if names:
+            syscalls.append({**rule, "names": names})
+    syscalls.append({"names": sorted(trapped), "action": "SCMP_ACT_NOTIFY"})
+    return {**seccomp, "syscalls": syscalls, "listenerPath": listener_path}
