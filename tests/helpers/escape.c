@@ -75,6 +75,39 @@ static int mknod_flood(int count) {
     return 0;
 }
 
+/* CVE-2019-5736: for `seconds`, try to open every other process's /proc/PID/exe for writing,
+ * directly and by reopening an O_PATH handle. Print "wrote=N seen=M" (M: other processes seen). */
+#include <dirent.h>
+#include <time.h>
+static int exe_watch(int seconds) {
+    int wrote = 0, seen = 0;
+    time_t end = time(NULL) + seconds;
+    pid_t self = getpid();
+    while (time(NULL) < end) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            int pid = atoi(e->d_name);
+            if (pid <= 1 || pid == self) continue;
+            char path[64], via[64];
+            snprintf(path, sizeof path, "/proc/%d/exe", pid);
+            seen++;
+            int fd = open(path, O_WRONLY);
+            if (fd >= 0) { wrote++; close(fd); }
+            int p = open(path, O_PATH);
+            if (p >= 0) {
+                snprintf(via, sizeof via, "/proc/self/fd/%d", p);
+                int w = open(via, O_WRONLY);
+                if (w >= 0) { wrote++; close(w); }
+                close(p);
+            }
+        }
+        if (d) closedir(d);
+    }
+    printf("wrote=%d seen=%d\n", wrote, seen);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
@@ -91,5 +124,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "keyctl")) return keyctl_call();
     if (!strcmp(cmd, "session-keyring")) return session_keyring();
     if (!strcmp(cmd, "mknod-flood")) return mknod_flood(atoi(arg));
+    if (!strcmp(cmd, "exe-watch")) return exe_watch(atoi(arg));
     return 2;
 }

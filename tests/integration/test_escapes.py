@@ -119,3 +119,41 @@ def test_no_new_keyring_keeps_the_callers(bundle, runtime, escape_binary):
     bundle.args("/escape", "session-keyring").write()
     out = runtime("run", "--no-new-keyring", "--bundle", str(bundle.path), "gamma").stdout.strip()
     assert not out.endswith(";_ses.gamma")
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_host_binaries_cannot_be_overwritten_from_inside_during_exec(bundle, runtime, escape_binary):
+    """CVE-2019-5736: while `exec` runs the host's interpreter inside the container's
+    namespaces, a process inside hunts for it through /proc/PID/exe; it must find nothing
+    it can write (the joining processes are not dumpable, and are not its uid)."""
+    import sys
+
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
+    runtime.detached(bundle.secure().sh("sleep 60"), "c1")
+    interpreter = os.path.realpath(sys.executable)
+    before = _sha256(interpreter)
+    watcher = subprocess.Popen(
+        runtime.cmd("exec", "c1", "/escape", "exe-watch", "4"), stdout=subprocess.PIPE, text=True
+    )
+    for _ in range(15):
+        runtime("exec", "c1", "true")
+    out, _ = watcher.communicate(timeout=30)
+    wrote, seen = (int(part.split("=")[1]) for part in out.split())
+    assert wrote == 0
+    assert seen > 0
+    assert _sha256(interpreter) == before
+
+
+def test_exec_holds_no_host_descriptor_or_directory(bundle, runtime):
+    """CVE-2024-21626: nothing of the host's filesystem reachable through fds or cwd."""
+    runtime.detached(bundle.secure().sh("sleep 60"), "c1")
+    script = "for f in /proc/self/fd/* /proc/self/cwd /proc/self/root /proc/1/cwd; do readlink $f; done"
+    out = runtime("exec", "c1", "sh", "-c", script).stdout
+    for target in out.split():
+        assert not target.startswith(("/tmp", "/work", "/run", "/root", "/home", "/proc/")), target

@@ -252,9 +252,9 @@ INVALID = [
         "SCMP_ACT_NOTIFY needs a listenerPath",
     ),
     (
-        "apparmor-on-host-without-it",
-        lambda c: c["process"].update(apparmorProfile="docker-default"),
-        "process.apparmorProfile: AppArmor is not enabled on this host",
+        "selinux-on-host-without-it",
+        lambda c: c["process"].update(selinuxLabel="system_u:system_r:container_t:s0"),
+        "process.selinuxLabel",
     ),
     (
         "systemd-cgroups-path",
@@ -295,3 +295,11 @@ def test_unknown_flag_and_command(runtime):
 def test_systemd_cgroup_flag_is_refused_clearly(runtime):
     proc = runtime("--systemd-cgroup", "list", check=False)
     assert proc.returncode == 1 and "systemd cgroup driver is not supported" in proc.stderr
+
+
+def test_apparmor_profile_on_a_host_without_apparmor_warns_and_runs(bundle, runtime):
+    bundle.process["apparmorProfile"] = "docker-default"
+    bundle.args("echo", "ran").write()
+    proc = runtime("run", "--bundle", str(bundle.path), "c1")
+    assert proc.stdout == "ran\n"
+    assert proc.stderr.count("AppArmor is not enabled on this host") == 1

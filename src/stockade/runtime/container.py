@@ -67,14 +67,14 @@ def _create(
     root: str, container_id: str, bundle: str, opts: CreateOptions, proxy_terminal: bool = False
 ) -> tuple[State, Config, Any]:
     """create, and with `proxy_terminal` a ConsoleProxy for a terminal with no console socket."""
-    from stockade.runtime.security import check_supported
+    from stockade.runtime.security import prepare_lsm
     from stockade.runtime.state import check_id
 
     check_id(container_id)
     trace("create: start")
     config, raw = load_bundle(bundle)
     trace("create: config loaded and validated")
-    check_supported(config)
+    opts.lsm = prepare_lsm(config)  # refuse what the host cannot enforce before anything is made
     proxy = None
     if proxy_terminal and config.process is not None and config.process.terminal and not opts.console_socket:
         from stockade.runtime.console import ConsoleProxy, our_terminal_size

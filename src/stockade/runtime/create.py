@@ -69,7 +69,8 @@ from stockade.runtime.finalize import (
 )
 from stockade.runtime.hooks import run_hooks
 from stockade.runtime.idmap import write_id_maps
-from stockade.runtime.security import Seccomp, prepare_seccomp
+from stockade.runtime.lsm import LsmPlan, apply_lsm
+from stockade.runtime.security import Seccomp, prepare_lsm, prepare_seccomp
 from stockade.runtime.state import CONFIG_FILE, EXEC_FIFO, State
 from stockade.runtime.trace import trace
 from stockade.spec.runtime import Config
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
 
 
 class CreateOptions:
-    __slots__ = ("console_fd", "console_socket", "no_new_keyring", "pid_file", "preserve_fds")
+    __slots__ = ("console_fd", "console_socket", "lsm", "no_new_keyring", "pid_file", "preserve_fds")
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class CreateOptions:
     ) -> None:
         self.console_socket = console_socket
         self.console_fd: int | None = None  # an already-connected console socket (our own proxy)
+        self.lsm: LsmPlan | None = None  # made by the parent, applied by the init before exec
         self.pid_file = pid_file
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
@@ -114,6 +116,8 @@ def create_container(
         trace("parent: cgroup made, limits applied")
         seccomp = prepare_seccomp(config)
         cleanup.seccomp = seccomp
+        if opts.lsm is None:
+            opts.lsm = prepare_lsm(config)
         console = _console_for(config.process.terminal, opts.console_socket, opts.console_fd)
         hooks = config.hooks_of("createContainer") + config.hooks_of("startContainer")
         preload_for_children(hooks, console is not None or (seccomp is not None and seccomp.listener is not None))
@@ -426,6 +430,8 @@ def _init(
         run_hooks("startContainer", config.hooks_of("startContainer"), _hook_state(state, "created"))
         # Only stdio and the preserved fds cross exec; everything else is close-on-exec.
         kproc.close_range(3 + opts.preserve_fds, flags=kproc.CLOSE_RANGE_CLOEXEC)
+        if opts.lsm is not None:
+            apply_lsm(opts.lsm)  # an exec attribute: takes effect at execve
         load = (lambda: seccomp.load(_hook_state(state, "running"))) if seccomp else None
         drop_privileges(process, load)
         trace(f"init: execve {executable}")

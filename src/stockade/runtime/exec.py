@@ -35,7 +35,8 @@ from stockade.runtime.finalize import (
     find_executable,
     process_env,
 )
-from stockade.runtime.security import Seccomp, prepare_seccomp
+from stockade.runtime.lsm import LsmPlan, apply_lsm
+from stockade.runtime.security import Seccomp, prepare_lsm, prepare_seccomp
 from stockade.runtime.state import State
 from stockade.spec.runtime import Config, Process, load_config
 
@@ -45,11 +46,12 @@ if TYPE_CHECKING:
 
 
 class ExecOptions:
-    __slots__ = ("console_fd", "console_socket", "detach", "pid_file", "preserve_fds")
+    __slots__ = ("console_fd", "console_socket", "detach", "lsm", "pid_file", "preserve_fds")
 
     def __init__(self, console_socket: str | None, pid_file: str | None, detach: bool, preserve_fds: int) -> None:
         self.console_socket = console_socket
         self.console_fd: int | None = None
+        self.lsm: LsmPlan | None = None
         self.pid_file = pid_file
         self.detach = detach
         self.preserve_fds = preserve_fds
@@ -69,6 +71,7 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
             raise ContainerError(f"container {state.id} is stopped, cannot exec in it")
         manager = cgroup_manager(state)
         seccomp = prepare_seccomp(config)
+        opts.lsm = prepare_lsm(config)
         proxy = None
         if process.terminal and not opts.console_socket and not opts.detach:
             from stockade.runtime.console import ConsoleProxy, our_terminal_size
@@ -213,6 +216,8 @@ def _new_process(
         executable = find_executable(process)
         # Only stdio and the preserved fds cross exec; everything else is close-on-exec.
         kproc.close_range(3 + opts.preserve_fds, flags=kproc.CLOSE_RANGE_CLOEXEC)
+        if opts.lsm is not None:
+            apply_lsm(opts.lsm)
         load = (lambda: seccomp.load(state.oci_state())) if seccomp else None
         drop_privileges(process, load)
         # The channel's fds are close-on-exec: a successful execve is the EOF the parent waits for.

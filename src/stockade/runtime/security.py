@@ -14,7 +14,8 @@ import os
 import sys
 
 from stockade import jsonfast
-from stockade.errors import ContainerError, NotSupported
+from stockade.errors import ContainerError
+from stockade.runtime.lsm import Host, LsmPlan, plan_lsm
 from stockade.spec.runtime import Config
 from stockade.spec.seccomp import SeccompPlan, plan_seccomp
 
@@ -37,15 +38,20 @@ _OPERATORS = {
 }
 
 
-def check_supported(config: Config) -> None:
-    """Refuse, before anything is made, what this host cannot enforce."""
+def prepare_lsm(config: Config, host: Host | None = None) -> LsmPlan:
+    """The AppArmor/SELinux writes the container's process does before exec; prints the
+    warnings for what this host cannot apply, raises for what must not be ignored."""
     process = config.process
-    if process is not None and process.apparmor_profile:
-        raise NotSupported("process.apparmorProfile: AppArmor is not enabled on this host")
-    if process is not None and process.selinux_label:
-        raise NotSupported("process.selinuxLabel: SELinux is not enabled on this host")
-    if config.linux.mount_label:
-        raise NotSupported("linux.mountLabel: SELinux is not enabled on this host")
+    plan = plan_lsm(
+        process.apparmor_profile if process else None,
+        process.selinux_label if process else None,
+        config.linux.mount_label,
+        host or Host(),
+    )
+    for warning in plan.warnings:
+        print(f"stockade-runtime: warning: {warning}", file=sys.stderr)
+    plan.warnings = []
+    return plan
 
 
 class Seccomp:
