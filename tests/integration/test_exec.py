@@ -101,3 +101,16 @@ def test_exec_process_is_not_dumpable_while_it_joins(bundle, runtime):
     runtime.detached(bundle.userns().sh("sleep 30"), "c1")
     out = runtime("exec", "c1", "readlink", "/proc/self/exe").stdout.strip()
     assert out == "/bin/busybox"
+
+
+def test_exec_has_exactly_the_containers_capability_sets(bundle, runtime):
+    caps = ["CAP_CHOWN", "CAP_KILL"]
+    bundle.userns()
+    bundle.process["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
+    runtime.detached(bundle.sh("sleep 30"), "c1")
+    out = runtime("exec", "c1", "grep", "^Cap", "/proc/self/status").stdout
+    sets = dict(line.split(":\t") for line in out.splitlines())
+    want = f"{(1 << 0) | (1 << 5):016x}"
+    assert (sets["CapPrm"], sets["CapEff"], sets["CapBnd"], sets["CapAmb"]) == (want, want, want, "0" * 16)
+    out = runtime("exec", "--cap", "CAP_NET_BIND_SERVICE", "c1", "grep", "^CapEff", "/proc/self/status").stdout
+    assert out.split()[1] == f"{(1 << 0) | (1 << 5) | (1 << 10):016x}"

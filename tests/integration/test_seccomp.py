@@ -112,3 +112,48 @@ def test_exec_gets_the_containers_filter(bundle, runtime):
     runtime.detached(bundle.writable().sh("sleep 30"), "c1")
     out = runtime("exec", "c1", "sh", "-c", "mkdir /tmp/y 2>&1; grep ^Seccomp: /proc/self/status").stdout
     assert "Read-only file system" in out and "Seccomp:\t2" in out
+
+
+def test_filter_flags_are_accepted(bundle, runtime):
+    bundle.linux["seccomp"] = profile(
+        {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"},
+        flags=["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+    )
+    assert runtime.run_output(bundle.args("echo", "ok")) == "ok\n"
+
+
+def test_notify_fd_goes_to_the_listener_with_state_and_metadata(bundle, runtime, tmp_path):
+    import json
+    import os
+    import socket
+    import threading
+
+    path = str(tmp_path / "listener.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    received: dict = {}
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with conn:
+            message, fds, _flags, _addr = socket.recv_fds(conn, 65536, 4)
+            received["message"] = json.loads(message)
+            received["fds"] = len(fds)
+            for fd in fds:
+                os.close(fd)  # no listener left: the trapped syscall fails with ENOSYS
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    bundle.linux["seccomp"] = profile(
+        {"names": ["sethostname"], "action": "SCMP_ACT_NOTIFY"}, listenerPath=path, listenerMetadata="from-the-config"
+    )
+    bundle.sh("sleep 0.2; hostname other 2>&1; true")
+    out = runtime.run_output(bundle, "n1")
+    thread.join(10)
+    server.close()
+    message = received["message"]
+    assert received["fds"] == 1
+    assert message["fds"] == ["seccompFd"] and message["metadata"] == "from-the-config"
+    assert message["state"]["id"] == "n1" and message["pid"] > 0
+    assert "Function not implemented" in out or "not implemented" in out.lower()
