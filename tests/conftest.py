@@ -28,6 +28,19 @@ USERNS_SIZE = 65536
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root on the real kernel")
 
 
+HELPER_SOURCE = Path(__file__).resolve().parent / "helpers" / "escape.c"
+
+
+@pytest.fixture(scope="session")
+def escape_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/helpers/escape.c built static: attacks, floods and hogs run inside containers."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    out = tmp_path_factory.mktemp("helper") / "escape"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(HELPER_SOURCE)], check=True, capture_output=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def rootfs_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("rootfs-template")

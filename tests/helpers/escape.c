@@ -108,6 +108,17 @@ static int exe_watch(int seconds) {
     return 0;
 }
 
+/* Allocate and touch `mib` MiB, one MiB at a time; print how far it got before failing. */
+static int memhog(int mib) {
+    for (int i = 0; i < mib; i++) {
+        char *p = malloc(1 << 20);
+        if (!p) { printf("malloc failed at %d\n", i); return 1; }
+        memset(p, 1, 1 << 20);
+    }
+    printf("allocated %d\n", mib);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
@@ -125,5 +136,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "session-keyring")) return session_keyring();
     if (!strcmp(cmd, "mknod-flood")) return mknod_flood(atoi(arg));
     if (!strcmp(cmd, "exe-watch")) return exe_watch(atoi(arg));
+    if (!strcmp(cmd, "memhog")) return memhog(atoi(arg));
     return 2;
 }

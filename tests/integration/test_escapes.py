@@ -6,22 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from conftest import requires_root
 
 pytestmark = [requires_root, pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")]
-
-HELPER_SOURCE = Path(__file__).resolve().parents[1] / "helpers" / "escape.c"
-
-
-@pytest.fixture(scope="session")
-def escape_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("escape") / "escape"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(HELPER_SOURCE)], check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +15,6 @@ from conftest import requires_root
 from stockade.spec.profiles import with_mknod_mediation
 
 pytestmark = [requires_root, pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")]
-
-HELPER_SOURCE = Path(__file__).resolve().parents[1] / "helpers" / "escape.c"
-
-
-@pytest.fixture(scope="module")
-def helper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mediation-helper") / "escape"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(HELPER_SOURCE)], check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture
@@ -77,9 +67,9 @@ def test_mknod_cannot_be_steered_outside_the_root(bundle, runtime, mediator, tmp
     assert os.listdir(outside) == []
 
 
-def test_a_flood_of_notified_calls_neither_hangs_nor_leaks(bundle, runtime, mediator, helper):
+def test_a_flood_of_notified_calls_neither_hangs_nor_leaks(bundle, runtime, mediator, escape_binary):
     proc, listener = mediator
-    shutil.copy(helper, bundle.rootfs / "escape")
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
     mediated(bundle, listener).args("/escape", "mknod-flood", "10000")
     fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
     started = time.monotonic()

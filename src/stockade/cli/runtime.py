@@ -88,6 +88,25 @@ COMMAND_FLAGS: dict[str, dict[str, tuple[str, str]]] = {
     "spec": {"bundle": ("bundle", "value"), "b": ("bundle", "value"), "rootless": ("rootless", "bool")},
     "pause": {},
     "resume": {},
+    "update": {
+        "resources": ("resources", "value"),
+        "r": ("resources", "value"),
+        "memory": ("memory", "value"),
+        "memory-swap": ("memory_swap", "value"),
+        "memory-reservation": ("memory_reservation", "value"),
+        "kernel-memory": ("kernel_memory", "value"),
+        "kernel-memory-tcp": ("kernel_memory_tcp", "value"),
+        "cpu-shares": ("cpu_shares", "value"),
+        "cpu-period": ("cpu_period", "value"),
+        "cpu-quota": ("cpu_quota", "value"),
+        "cpu-rt-period": ("cpu_rt_period", "value"),
+        "cpu-rt-runtime": ("cpu_rt_runtime", "value"),
+        "cpuset-cpus": ("cpuset_cpus", "value"),
+        "cpuset-mems": ("cpuset_mems", "value"),
+        "pids-limit": ("pids_limit", "value"),
+        "blkio-weight": ("blkio_weight", "value"),
+    },
+    "events": {"stats": ("stats", "bool"), "interval": ("interval", "value")},
 }
 ALIASES = {"ls": "list"}
 USAGE = """usage: stockade-runtime [global options] command [options] <container-id> [args]
@@ -101,6 +120,7 @@ commands:
   exec      run a process in a container           list      list containers
   ps        list a container's processes           pause     freeze a container
   resume    thaw a paused container                features  print supported features
+  update    change a container's resource limits   events    print usage stats and OOM events
   spec      write a default config.json
 
 global options: --root DIR, --log FILE, --log-format text|json, --debug
@@ -450,6 +470,78 @@ def _freeze(ctx: Context, container_id: str, on: bool) -> int:
     return 0
 
 
+def cmd_update(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
+    from stockade.runtime.resources import update
+
+    update(ctx.root, need_id("update", rest), _update_resources(flags))
+    return 0
+
+
+def _update_resources(flags: dict[str, Any]) -> dict[str, Any]:
+    """--resources FILE|- as the base, then the per-field flags, as runc builds it."""
+    from stockade.runtime.resources import parse_bytes
+
+    resources: dict[str, Any] = {}
+    if flags.get("resources"):
+        source = flags["resources"]
+        try:
+            if source == "-":
+                text = sys.stdin.read()
+            else:
+                with open(source) as f:
+                    text = f.read()
+            resources = jsonfast.loads(text)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--resources {source}: {e}") from None
+
+    def number(key: str) -> int:
+        value = str(flags[key])
+        if not value.lstrip("-").isdigit():
+            raise UsageError(f'--{key.replace("_", "-")}: "{value}" is not a number')
+        return int(value)
+
+    memory = resources.setdefault("memory", {})
+    for flag, field in (("memory", "limit"), ("memory_swap", "swap"), ("memory_reservation", "reservation"),
+                        ("kernel_memory", "kernel"), ("kernel_memory_tcp", "kernelTCP")):  # fmt: skip
+        if flags.get(flag) is not None:
+            memory[field] = parse_bytes(flags[flag])
+    cpu = resources.setdefault("cpu", {})
+    for flag, field in (("cpu_shares", "shares"), ("cpu_period", "period"), ("cpu_quota", "quota"),
+                        ("cpu_rt_period", "realtimePeriod"), ("cpu_rt_runtime", "realtimeRuntime")):  # fmt: skip
+        if flags.get(flag) is not None:
+            cpu[field] = number(flag)
+    if flags.get("cpuset_cpus") is not None:
+        cpu["cpus"] = flags["cpuset_cpus"]
+    if flags.get("cpuset_mems") is not None:
+        cpu["mems"] = flags["cpuset_mems"]
+    if flags.get("pids_limit") is not None:
+        resources["pids"] = {"limit": number("pids_limit")}
+    if flags.get("blkio_weight") is not None:
+        resources.setdefault("blockIO", {})["weight"] = number("blkio_weight")
+    return {key: value for key, value in resources.items() if value}
+
+
+def cmd_events(ctx: Context, flags: dict[str, Any], rest: list[str]) -> int:
+    from stockade.runtime.resources import events
+
+    interval = _duration(flags.get("interval") or "5s")
+    try:
+        events(ctx.root, need_id("events", rest), bool(flags.get("stats")), interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _duration(text: str) -> float:
+    """Go-style durations as runc takes them: 100ms, 5s, 1m, or plain seconds."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * scale
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise UsageError(f'--interval: "{text}" is not a duration like 100ms, 5s or 1m')
+
+
 COMMANDS: dict[str, Callable[[Context, dict[str, Any], list[str]], int]] = {
     "create": cmd_create,
     "run": cmd_run,
@@ -464,6 +556,8 @@ COMMANDS: dict[str, Callable[[Context, dict[str, Any], list[str]], int]] = {
     "spec": cmd_spec,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "update": cmd_update,
+    "events": cmd_events,
 }
 
 

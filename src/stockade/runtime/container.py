@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 # status -> verbs allowed in it (youki's can_start/can_kill/... as a table)
 ALLOWED = {
     "creating": {"delete-force"},
-    "created": {"start", "kill", "delete", "delete-force", "exec", "ps", "pause"},
-    "running": {"kill", "delete-force", "exec", "ps", "pause"},
-    "paused": {"kill", "delete-force", "ps", "resume"},
+    "created": {"start", "kill", "delete", "delete-force", "exec", "ps", "pause", "update", "events"},
+    "running": {"kill", "delete-force", "exec", "ps", "pause", "update", "events"},
+    "paused": {"kill", "delete-force", "ps", "resume", "update", "events"},
     "stopped": {"delete", "delete-force", "ps"},
 }
 

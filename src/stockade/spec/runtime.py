@@ -13,6 +13,7 @@ import os.path
 from stockade.errors import SpecError
 from stockade.spec.mountopts import MountPlan, plan_mount
 from stockade.spec.reader import Reader
+from stockade.spec.resources import check_resources
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -529,6 +530,8 @@ def _load_linux(r: Reader) -> Linux:
             if not path.startswith("/"):
                 raise SpecError(f"{r.where(key)}[{i}]", f'must be an absolute path, not "{path}"')
     resources = r.obj("resources")
+    if resources is not None:
+        check_resources(resources.data)
     seccomp = r.obj("seccomp")
     return Linux(
         namespaces=_load_namespaces(r),

@@ -84,6 +84,14 @@ class Manager:
                 return path
         return None
 
+    def stats(self) -> dict[str, Any]:
+        """runc's `events --stats` data: cpu, memory, pids, blkio."""
+        raise NotImplementedError
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer took in this cgroup so far."""
+        raise NotImplementedError
+
     def frozen(self) -> bool:
         raise NotImplementedError
 
@@ -114,6 +122,27 @@ class Manager:
         for path in self.paths.values():
             _remove_tree(path, deadline)
             _remove_empty_parent(path)
+
+
+def read_int(path: str, default: int = 0) -> int:
+    try:
+        text = read(path).strip()
+    except OSError:
+        return default
+    return int(text) if text.lstrip("-").isdigit() else default
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat "key value" file (memory.stat, cpu.stat, memory.events) as a dict."""
+    out: dict[str, int] = {}
+    try:
+        for line in read(path).splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().lstrip("-").isdigit():
+                out[key] = int(value)
+    except OSError:
+        pass
+    return out
 
 
 def _rmdir_quiet(path: str) -> None:

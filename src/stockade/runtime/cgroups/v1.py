@@ -6,7 +6,7 @@ import os
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, write
+from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, write
 from stockade.runtime.cgroups.devices import device_rules
 
 TYPE_CHECKING = False
@@ -61,6 +61,18 @@ class V1Manager(Manager):
         limit = pids.get("limit")
         if limit is not None:
             self._set("pids", "pids.max", "max" if limit <= 0 else limit)
+        block = resources.get("blockIO") or {}
+        for key, name in (
+            ("throttleReadBpsDevice", "blkio.throttle.read_bps_device"),
+            ("throttleWriteBpsDevice", "blkio.throttle.write_bps_device"),
+            ("throttleReadIOPSDevice", "blkio.throttle.read_iops_device"),
+            ("throttleWriteIOPSDevice", "blkio.throttle.write_iops_device"),
+        ):
+            for rule in block.get(key) or []:
+                self._set("blkio", name, f"{rule['major']}:{rule['minor']} {rule['rate']}")
+        if block.get("weight") is not None:
+            weight_file = "blkio.weight" if os.path.exists(self._file("blkio", "blkio.weight")) else "blkio.bfq.weight"
+            self._set("blkio", weight_file, block["weight"])
         for rule in device_rules(resources, devices or []):
             name = "devices.allow" if rule.get("allow") else "devices.deny"
             self._set("devices", name, device_rule(rule))
@@ -74,6 +86,54 @@ class V1Manager(Manager):
         if controller not in self.paths:
             raise ContainerError(f"cgroup: the {controller} controller is not mounted on this host")
         write(self._file(controller, name), str(value))
+
+    def stats(self) -> dict[str, Any]:
+        cpu = self.paths.get("cpuacct", "")
+        percpu = [int(x) for x in _read_or(os.path.join(cpu, "cpuacct.usage_percpu")).split()]
+        ticks = read_keyed(os.path.join(cpu, "cpuacct.stat"))
+        tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        throttle = read_keyed(os.path.join(self.paths.get("cpu", ""), "cpu.stat"))
+        mem = self.paths.get("memory", "")
+        raw = read_keyed(os.path.join(mem, "memory.stat"))
+        pids = self.paths.get("pids", "")
+        pids_max = _read_or(os.path.join(pids, "pids.max")).strip()
+        return {
+            "cpu": {
+                "usage": {
+                    "total": read_int(os.path.join(cpu, "cpuacct.usage")),
+                    "percpu": percpu,
+                    "kernel": ticks.get("system", 0) * tick_ns,
+                    "user": ticks.get("user", 0) * tick_ns,
+                },
+                "throttling": {
+                    "periods": throttle.get("nr_periods", 0),
+                    "throttledPeriods": throttle.get("nr_throttled", 0),
+                    "throttledTime": throttle.get("throttled_time", 0),
+                },
+            },
+            "memory": {
+                "usage": {
+                    "limit": read_int(os.path.join(mem, "memory.limit_in_bytes")),
+                    "usage": read_int(os.path.join(mem, "memory.usage_in_bytes")),
+                    "max": read_int(os.path.join(mem, "memory.max_usage_in_bytes")),
+                    "failcnt": read_int(os.path.join(mem, "memory.failcnt")),
+                },
+                "cache": raw.get("cache", 0),
+                "raw": raw,
+            },
+            "pids": {
+                "current": read_int(os.path.join(pids, "pids.current")),
+                "limit": 0 if pids_max == "max" else read_int(os.path.join(pids, "pids.max")),
+            },
+            "blkio": {
+                "ioServiceBytesRecursive": _blkio_entries(
+                    os.path.join(self.paths.get("blkio", ""), "blkio.throttle.io_service_bytes")
+                )
+            },
+        }
+
+    def oom_kills(self) -> int:
+        return read_keyed(os.path.join(self.paths.get("memory", ""), "memory.oom_control")).get("oom_kill", 0)
 
     def frozen(self) -> bool:
         path = self.paths.get("freezer")
@@ -94,6 +154,23 @@ class V1Manager(Manager):
                 return
             time.sleep(0.005)
         raise ContainerError(f"cgroup: {path} did not reach {want}")
+
+
+def _read_or(path: str, default: str = "") -> str:
+    try:
+        return read(path)
+    except OSError:
+        return default
+
+
+def _blkio_entries(path: str) -> list[dict[str, Any]]:
+    entries = []
+    for line in _read_or(path).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and ":" in parts[0]:
+            major, _, minor = parts[0].partition(":")
+            entries.append({"major": int(major), "minor": int(minor), "op": parts[1], "value": int(parts[2])})
+    return entries
 
 
 def _inherit_cpuset(path: str) -> None:

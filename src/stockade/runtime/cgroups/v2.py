@@ -7,7 +7,7 @@ import time
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, write
+from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +82,44 @@ class V2Manager(Manager):
         if value is not None:
             write(os.path.join(self.path, name), str(value))
 
+    def stats(self) -> dict[str, Any]:
+        cpu = read_keyed(os.path.join(self.path, "cpu.stat"))
+        raw = read_keyed(os.path.join(self.path, "memory.stat"))
+        memory_max = _read(os.path.join(self.path, "memory.max")).strip()
+        pids_max = _read(os.path.join(self.path, "pids.max")).strip()
+        return {
+            "cpu": {
+                "usage": {
+                    "total": cpu.get("usage_usec", 0) * 1000,
+                    "kernel": cpu.get("system_usec", 0) * 1000,
+                    "user": cpu.get("user_usec", 0) * 1000,
+                },
+                "throttling": {
+                    "periods": cpu.get("nr_periods", 0),
+                    "throttledPeriods": cpu.get("nr_throttled", 0),
+                    "throttledTime": cpu.get("throttled_usec", 0) * 1000,
+                },
+            },
+            "memory": {
+                "usage": {
+                    "limit": 0 if memory_max in ("max", "") else int(memory_max),
+                    "usage": read_int(os.path.join(self.path, "memory.current")),
+                    "max": read_int(os.path.join(self.path, "memory.peak")),
+                    "failcnt": read_keyed(os.path.join(self.path, "memory.events")).get("max", 0),
+                },
+                "cache": raw.get("file", 0),
+                "raw": raw,
+            },
+            "pids": {
+                "current": read_int(os.path.join(self.path, "pids.current")),
+                "limit": 0 if pids_max in ("max", "") else int(pids_max),
+            },
+            "blkio": {},
+        }
+
+    def oom_kills(self) -> int:
+        return read_keyed(os.path.join(self.path, "memory.events")).get("oom_kill", 0)
+
     def frozen(self) -> bool:
         path = os.path.join(self.path, "cgroup.freeze")
         return os.path.exists(path) and read(path).strip() == "1"
@@ -101,6 +139,13 @@ class V2Manager(Manager):
             write(kill, "1")
         else:
             super().kill_all(sig)
+
+
+def _read(path: str) -> str:
+    try:
+        return read(path)
+    except OSError:
+        return ""
 
 
 def _max(value: int | None) -> object:

@@ -1,0 +1,122 @@
+"""Resource control on this host's cgroup layout (v1 hybrid): the issue's demos, update,
+events with OOM kills, pause, and removal after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from conftest import requires_root
+from stockade.runtime.cgroups import detect_layout
+
+pytestmark = requires_root
+
+
+def cgroup_dirs(cid: str) -> list[str]:
+    layout = detect_layout()
+    mounts = [*layout.v1.values(), *([layout.unified] if layout.unified else [])]
+    return [p for p in (os.path.join(m, "stockade", cid) for m in set(mounts)) if os.path.isdir(p)]
+
+
+def test_fork_bomb_is_contained_by_pids_limit_and_update_raises_it(bundle, runtime):
+    bundle.linux["resources"]["pids"] = {"limit": 5}
+    runtime.detached(bundle.sh("sleep 60"), "c1")
+    # PID 1 and the exec'd shell count: three more fit, then fork fails (and busybox sh exits).
+    script = "for i in 1 2 3 4 5 6 7 8; do sleep 30 >/dev/null 2>&1 & echo started $i; done"
+    out = runtime("exec", "c1", "sh", "-c", script, check=False)
+    assert out.returncode != 0 and "can't fork" in out.stderr, out.stderr
+    assert out.stdout.split().count("started") <= 3
+    stats = json.loads(runtime("events", "--stats", "c1").stdout)
+    assert stats["data"]["pids"]["limit"] == 5 and stats["data"]["pids"]["current"] <= 5
+    runtime("update", "--pids-limit", "20", "c1")
+    out = runtime("exec", "c1", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 30 >/dev/null 2>&1 & done; echo forked")
+    assert "forked" in out.stdout
+    assert json.loads(runtime("events", "--stats", "c1").stdout)["data"]["pids"]["limit"] == 20
+
+
+def test_memory_hog_is_oom_killed_inside_and_events_report_it(bundle, runtime, escape_binary):
+    shutil.copy(escape_binary, bundle.rootfs / "escape")
+    bundle.linux["resources"]["memory"] = {"limit": 64 * 1024 * 1024}
+    runtime.detached(bundle.sh("sleep 60"), "c1")
+    watcher = subprocess.Popen(runtime.cmd("events", "--interval", "100ms", "c1"), stdout=subprocess.PIPE, text=True)
+    try:
+        hog = runtime("exec", "c1", "/escape", "memhog", "256", check=False)
+        assert hog.returncode == 137, (hog.stdout, hog.stderr)  # SIGKILL from the OOM killer
+        deadline = time.monotonic() + 10
+        saw_oom = False
+        while not saw_oom and time.monotonic() < deadline:
+            line = watcher.stdout.readline()
+            saw_oom = json.loads(line)["type"] == "oom"
+        assert saw_oom
+    finally:
+        watcher.kill()
+        watcher.wait()
+    assert runtime.state("c1")["status"] == "running", "the OOM killer took the container's init"
+
+
+def test_cpu_quota_limits_usage_to_about_20_percent(bundle, runtime):
+    bundle.linux["resources"]["cpu"] = {"quota": 20000, "period": 100000}
+    runtime.detached(bundle.sh("while :; do :; done"), "c1")
+    before = json.loads(runtime("events", "--stats", "c1").stdout)["data"]["cpu"]["usage"]["total"]
+    time.sleep(2)
+    after = json.loads(runtime("events", "--stats", "c1").stdout)["data"]["cpu"]["usage"]["total"]
+    share = (after - before) / 2e9
+    assert 0.15 <= share <= 0.25, share
+
+
+def test_cpuset_pins_to_one_cpu(bundle, runtime):
+    bundle.linux["resources"]["cpu"] = {"cpus": "0"}
+    out = runtime.run_output(bundle.sh("grep Cpus_allowed_list /proc/self/status"))
+    assert out.split()[-1] == "0"
+
+
+def test_device_rules_deny_a_block_device_even_to_root(bundle, runtime):
+    # Really privileged (no user namespace, CAP_MKNOD and CAP_SYS_ADMIN) and the node is in
+    # the rootfs already: only the devices cgroup (deny-all by default) stands in the way.
+    os.mknod(bundle.rootfs / "loop7", 0o600 | 0o060000, os.makedev(7, 7))
+    caps = ["CAP_MKNOD", "CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"]
+    bundle.process["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+    out = runtime.run_output(bundle.writable().sh("head -c 1 /loop7 2>&1; mknod /tmp/sda b 8 0 2>&1; true"))
+    assert out.count("Operation not permitted") == 2, out
+
+
+def test_pause_freezes_and_resume_continues(bundle, runtime):
+    bundle.writable()
+    runtime.detached(bundle.sh("i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; done"), "c1")
+    time.sleep(0.3)
+    runtime("pause", "c1")
+    assert runtime.state("c1")["status"] == "paused"
+    frozen = (bundle.rootfs / "tmp/counter").read_text()
+    time.sleep(1)
+    assert (bundle.rootfs / "tmp/counter").read_text() == frozen
+    runtime("resume", "c1")
+    time.sleep(0.3)
+    assert (bundle.rootfs / "tmp/counter").read_text() != frozen
+
+
+def test_no_cgroup_is_left_after_kill_9_of_init_and_delete(bundle, runtime):
+    state = runtime.detached(bundle.sh("sleep 60 & sleep 60"), "c1")
+    assert cgroup_dirs("c1")
+    os.kill(state["pid"], 9)
+    time.sleep(0.2)
+    runtime("delete", "c1")
+    assert cgroup_dirs("c1") == []
+
+
+def test_invalid_update_values_are_refused(bundle, runtime):
+    runtime.detached(bundle.sh("sleep 60"), "c1")
+    proc = runtime("update", "--memory", "lots", "c1", check=False)
+    assert proc.returncode == 1 and 'invalid size "lots"' in proc.stderr
+    proc = runtime("update", "--pids-limit", "-7", "c1", check=False)
+    assert proc.returncode == 1 and "linux.resources.pids.limit" in proc.stderr
+
+
+def test_unified_keys_are_refused_on_v1(bundle, runtime):
+    bundle.linux["resources"]["unified"] = {"memory.high": "1000000"}
+    bundle.write()
+    proc = runtime("run", "--bundle", str(bundle.path), "c1", check=False)
+    assert proc.returncode == 1 and "needs cgroup v2" in proc.stderr
+    assert cgroup_dirs("c1") == []
