@@ -49,16 +49,14 @@ def test_rlimit_above_the_hard_limit_is_a_clear_error(bundle, runtime):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def every_set(caps: list[str]) -> dict[str, list[str]]:
+    return {name: caps for name in ("bounding", "effective", "permitted", "inheritable", "ambient")}
+
+
 def test_capability_sets_are_exactly_the_requested_ones(bundle, runtime):
     bundle.userns()
     caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-    bundle.process["capabilities"] = {
-        "bounding": caps,
-        "effective": caps,
-        "permitted": caps,
-        "inheritable": caps,
-        "ambient": caps,
-    }
+    bundle.process["capabilities"] = every_set(caps)
     out = runtime.run_output(bundle.sh("grep ^Cap /proc/self/status"))
     sets = dict(line.split(":\t") for line in out.splitlines())
     want = f"{(1 << 0) | (1 << 5) | (1 << 10):016x}"
@@ -70,13 +68,7 @@ def test_non_root_user_keeps_ambient_capabilities(bundle, runtime):
     bundle.userns()
     bundle.process["user"] = {"uid": 1000, "gid": 1000}
     caps = ["CAP_NET_BIND_SERVICE"]
-    bundle.process["capabilities"] = {
-        "bounding": caps,
-        "effective": caps,
-        "permitted": caps,
-        "inheritable": caps,
-        "ambient": caps,
-    }
+    bundle.process["capabilities"] = every_set(caps)
     out = runtime.run_output(bundle.sh("grep -E '^Cap(Eff|Amb)' /proc/self/status"))
     assert all(line.endswith(f"{1 << 10:016x}") for line in out.splitlines())
 

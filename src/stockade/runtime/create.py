@@ -286,15 +286,12 @@ def _console_for(terminal: bool, path: str | None, connected: int | None) -> int
 def _connect_console(path: str | None) -> int:
     if not path:
         raise ContainerError("process.terminal is true but no --console-socket was given")
-    import socket
+    from stockade.kernel import unixsock
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(path)
+        return unixsock.connect(path)
     except OSError as e:
-        sock.close()
         raise ContainerError(f"connect to console socket {path}: {os.strerror(e.errno or 0)}") from None
-    return sock.detach()
 
 
 # -- child: the intermediate process --------------------------------------------------------

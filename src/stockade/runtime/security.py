@@ -112,15 +112,12 @@ def prepare_seccomp(config: Config) -> Seccomp | None:
 
 
 def _connect_listener(path: str) -> int:
-    import socket
+    from stockade.kernel import unixsock
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(path)
+        return unixsock.connect(path)
     except OSError as e:
-        sock.close()
         raise ContainerError(f"linux.seccomp.listenerPath: connect to {path}: {os.strerror(e.errno or 0)}") from None
-    return sock.detach()
 
 
 def action_value(name: str, errno_ret: int | None) -> int:
