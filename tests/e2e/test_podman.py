@@ -4,6 +4,7 @@ kill, rm -f. Each session gets its own podman store; nothing touches the machine
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -134,16 +135,16 @@ def test_kill_and_rm_force(podman):
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a tty")
 def test_run_it_gets_a_terminal(podman):
-    # The pause lets podman finish attaching: output written before that was occasionally lost
-    # (about 1 run in 5 of the full suite), the exit code and later output never. See the note.
-    command = " ".join(podman.cmd("run", "-it", "--rm", *NET, IMAGE, "sh", "-c", "sleep 0.5; tty; stty size; exit 5"))
+    # podman 4.3 attaches to the terminal while the container starts: a container that prints and
+    # exits at once can lose its output (seen with runc as well: 4 runs in 12), hence the pause.
+    command = shlex.join(podman.cmd("run", "-it", "--rm", *NET, IMAGE, "sh", "-c", "sleep 0.5; tty; stty size; exit 5"))
     proc = subprocess.run(
         ["script", "-qec", f"stty rows 40 cols 100; {command}", "/dev/null"],
         capture_output=True, text=True, env=podman.env, timeout=60,
     )  # fmt: skip
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     assert proc.returncode == 5, (proc.stdout, proc.stderr)
-    assert lines and lines[0].startswith("/dev/pts/"), (proc.stdout, proc.stderr)
+    assert lines and "/dev/pts/" in lines[0], (proc.stdout, proc.stderr)  # (after a NUL echoed by the tty)
     assert "40 100" in lines
 
 
@@ -151,7 +152,7 @@ def test_run_it_gets_a_terminal(podman):
 def test_exec_it_gets_a_terminal(podman):
     podman("run", "-d", "--name", "tty-target", *NET, IMAGE, "sleep", "300")
     try:
-        command = " ".join(podman.cmd("exec", "-it", "tty-target", "sh", "-c", "tty; echo in-exec"))
+        command = shlex.join(podman.cmd("exec", "-it", "tty-target", "sh", "-c", "tty; echo in-exec"))
         proc = subprocess.run(
             ["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=podman.env, timeout=60
         )

@@ -124,6 +124,31 @@ class Manager:
             _remove_empty_parent(path)
 
 
+# linux.resources fields neither driver applies yet (issue 4 has the rest of the work).
+NOT_APPLIED = {
+    "memory": ("kernel", "kernelTCP", "swappiness", "useHierarchy", "checkBeforeUpdate"),
+    "cpu": ("realtimeRuntime", "realtimePeriod", "burst", "idle"),
+    "blockIO": ("leafWeight", "weightDevice"),
+}
+NOT_APPLIED_TOP = ("hugepageLimits", "network", "rdma")
+
+
+def warn_not_applied(resources: dict[str, Any], extra: list[str] | None = None) -> None:
+    """Say once, on stderr, which requested limits this runtime does not enforce."""
+    import sys
+
+    missing = [key for key in NOT_APPLIED_TOP if resources.get(key)]
+    for group, keys in NOT_APPLIED.items():
+        section = resources.get(group) or {}
+        missing += [f"{group}.{key}" for key in keys if section.get(key) not in (None, False, 0)]
+    missing += extra or []
+    if missing:
+        print(
+            f"stockade-runtime: warning: not enforced yet: linux.resources.{', linux.resources.'.join(missing)}",
+            file=sys.stderr,
+        )
+
+
 def read_int(path: str, default: int = 0) -> int:
     try:
         text = read(path).strip()

@@ -6,7 +6,7 @@ import os
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, write
+from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, warn_not_applied, write
 from stockade.runtime.cgroups.devices import device_rules
 
 TYPE_CHECKING = False
@@ -47,8 +47,13 @@ class V1Manager(Manager):
         memory = resources.get("memory") or {}
         self._set("memory", "memory.limit_in_bytes", memory.get("limit"))
         self._set("memory", "memory.soft_limit_in_bytes", memory.get("reservation"))
-        if memory.get("swap") is not None and os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
-            self._set("memory", "memory.memsw.limit_in_bytes", memory.get("swap"))
+        skipped = []
+        if memory.get("swap") is not None:
+            if os.path.exists(self._file("memory", "memory.memsw.limit_in_bytes")):
+                self._set("memory", "memory.memsw.limit_in_bytes", memory.get("swap"))
+            else:
+                skipped.append("memory.swap (this kernel has no swap accounting)")
+        warn_not_applied(resources, skipped)
         if memory.get("disableOOMKiller"):
             self._set("memory", "memory.oom_control", 1)
         cpu = resources.get("cpu") or {}

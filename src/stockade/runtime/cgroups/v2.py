@@ -7,7 +7,7 @@ import time
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, write
+from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, warn_not_applied, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ class V2Manager(Manager):
     def apply(self, resources: dict[str, Any] | None, devices: list[Any] | None = None) -> None:
         if not resources:
             return
+        # Device rules need an eBPF program on v2 (BPF_PROG_TYPE_CGROUP_DEVICE): not built yet.
+        warn_not_applied(
+            resources, ["devices (cgroup v2 needs the eBPF device filter)"] if resources.get("devices") else []
+        )
         memory = resources.get("memory") or {}
         self._set("memory.max", _max(memory.get("limit")))
         self._set("memory.low", memory.get("reservation"))
