@@ -5,12 +5,12 @@ CACHE := .cache
 # The real interpreter, not a pyenv shim (a shim adds ~15 ms to every call).
 PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
 DEB_PACKAGES := busybox-static crun runc podman conmon uidmap hyperfine iproute2 procps gcc libc6-dev \
-                libseccomp2 catatonit fuse-overlayfs containernetworking-plugins
+                libseccomp2 catatonit fuse-overlayfs containernetworking-plugins qemu-system-x86 strace
 APT_STAMP := $(CACHE)/apt-$(shell echo $(DEB_PACKAGES) | md5sum | cut -c1-8).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv demo test test-unit test-integration bench lint clean
+.PHONY: setup apt venv demo test test-cgroup-v2 test-unit bench lint clean
 
 setup: apt venv
 
@@ -41,6 +41,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m compileall -q src
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+test-cgroup-v2: setup
+	$(VENV)/bin/python scripts/cgroup_v2_vm.py
 
 test-unit: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit

@@ -34,6 +34,9 @@ HELPER_SOURCE = Path(__file__).resolve().parent / "helpers" / "escape.c"
 @pytest.fixture(scope="session")
 def escape_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/helpers/escape.c built static: attacks, floods and hogs run inside containers."""
+    prebuilt = os.environ.get("STOCKADE_HELPER_BINARY")  # the cgroup v2 VM brings one
+    if prebuilt:
+        return Path(prebuilt)
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc")
     out = tmp_path_factory.mktemp("helper") / "escape"
@@ -190,6 +193,12 @@ def _mounts_under(path: str) -> list[str]:
 def _stockade_cgroups() -> list[str]:
     found = []
     base = "/sys/fs/cgroup"
+    if os.path.isdir(os.path.join(base, "stockade")):  # cgroup v2: one hierarchy at the base
+        found.extend(
+            os.path.join(base, "stockade", d)
+            for d in os.listdir(os.path.join(base, "stockade"))
+            if os.path.isdir(os.path.join(base, "stockade", d))
+        )
     for hierarchy in os.listdir(base):
         for name in ("stockade",):
             path = os.path.join(base, hierarchy, name)

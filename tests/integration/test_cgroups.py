@@ -8,11 +8,15 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
+
+import pytest
 
 from conftest import requires_root
 from stockade.runtime.cgroups import detect_layout
 
-pytestmark = requires_root
+pytestmark = [requires_root, pytest.mark.cgroups]
+UNIFIED = detect_layout().kind == "unified"
 
 
 def cgroup_dirs(cid: str) -> list[str]:
@@ -58,12 +62,16 @@ def test_memory_hog_is_oom_killed_inside_and_events_report_it(bundle, runtime, e
 
 
 def test_cpu_quota_limits_usage_to_about_20_percent(bundle, runtime):
+    from stockade.runtime.container import cgroup_manager
+    from stockade.runtime.state import State
+
     bundle.linux["resources"]["cpu"] = {"quota": 20000, "period": 100000}
     runtime.detached(bundle.sh("while :; do :; done"), "c1")
-    before = json.loads(runtime("events", "--stats", "c1").stdout)["data"]["cpu"]["usage"]["total"]
+    manager = cgroup_manager(State.load(str(runtime.root), "c1"))
+    # Read the usage in-process, with our own clock: a CLI call per sample would blur the window.
+    start, used = time.monotonic(), manager.stats()["cpu"]["usage"]["total"]
     time.sleep(2)
-    after = json.loads(runtime("events", "--stats", "c1").stdout)["data"]["cpu"]["usage"]["total"]
-    share = (after - before) / 2e9
+    share = (manager.stats()["cpu"]["usage"]["total"] - used) / ((time.monotonic() - start) * 1e9)
     assert 0.15 <= share <= 0.25, share
 
 
@@ -73,6 +81,7 @@ def test_cpuset_pins_to_one_cpu(bundle, runtime):
     assert out.split()[-1] == "0"
 
 
+@pytest.mark.skipif(UNIFIED, reason="cgroup v2 device rules need the eBPF filter, not built yet")
 def test_device_rules_deny_a_block_device_even_to_root(bundle, runtime):
     # Really privileged (no user namespace, CAP_MKNOD and CAP_SYS_ADMIN) and the node is in
     # the rootfs already: only the devices cgroup (deny-all by default) stands in the way.
@@ -115,9 +124,24 @@ def test_invalid_update_values_are_refused(bundle, runtime):
     assert proc.returncode == 1 and "linux.resources.pids.limit" in proc.stderr
 
 
+@pytest.mark.skipif(UNIFIED, reason="v1 only")
 def test_unified_keys_are_refused_on_v1(bundle, runtime):
     bundle.linux["resources"]["unified"] = {"memory.high": "1000000"}
     bundle.write()
     proc = runtime("run", "--bundle", str(bundle.path), "c1", check=False)
     assert proc.returncode == 1 and "needs cgroup v2" in proc.stderr
     assert cgroup_dirs("c1") == []
+
+
+@pytest.mark.skipif(not UNIFIED, reason="cgroup v2 only")
+def test_unified_keys_are_applied_on_v2_and_unknown_ones_refused(bundle, runtime):
+    bundle.linux["resources"]["unified"] = {"memory.high": "50000000"}
+    runtime.detached(bundle.sh("sleep 30"), "c1")
+    high = Path(cgroup_dirs("c1")[0], "memory.high").read_text().strip()
+    assert high == "49999872"  # rounded down to whole pages
+    runtime("delete", "--force", "c1")
+    bundle.linux["resources"]["unified"] = {"memory.nosuchknob": "1"}
+    bundle.write()
+    proc = runtime("run", "--bundle", str(bundle.path), "c2", check=False)
+    assert proc.returncode == 1 and 'unknown cgroup file "memory.nosuchknob"' in proc.stderr
+    assert cgroup_dirs("c2") == []

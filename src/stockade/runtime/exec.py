@@ -24,6 +24,7 @@ from stockade.errors import ContainerError
 from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
 from stockade.kernel import signals
+from stockade.kernel.mounts import O_PATH
 from stockade.runtime import sync
 from stockade.runtime.container import _wait_child, cgroup_manager, require
 from stockade.runtime.create import _console_for, _report_and_exit, _setup_console, describe, preload_for_children
@@ -64,6 +65,10 @@ def container_config(state: State) -> Config:
 def exec_process(state: State, config: Config, process: Process, opts: ExecOptions) -> int:
     require(state, "exec")
     ns_fds = _open_namespaces(state, config)
+    # The init's root, to enter after joining its mount namespace: setns(2) puts us at the
+    # namespace's root mount, which is the container's rootfs only when the runtime that
+    # created it was not itself chrooted (as it is in the cgroup v2 test VM).
+    root_fd = os.open(f"/proc/{state.pid}/root", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     console = None
     seccomp = None
     try:
@@ -87,13 +92,14 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
         if pid == 0:
             try:  # a child never returns into the runtime's code
                 parent.close()
-                _intermediate(child, ns_fds, process, opts, console, seccomp, state)
+                _intermediate(child, ns_fds, root_fd, process, opts, console, seccomp, state)
             finally:
                 os._exit(1)
         child.close()
     finally:
         for fd, _kind in ns_fds:
             os.close(fd)
+        os.close(root_fd)
         if console is not None:
             os.close(console)
         if seccomp is not None:
@@ -179,6 +185,7 @@ def _open_namespaces(state: State, config: Config) -> list[tuple[int, str]]:
 def _intermediate(
     ch: sync.Channel,
     ns_fds: list[tuple[int, str]],
+    root_fd: int,
     process: Process,
     opts: ExecOptions,
     console: int | None,
@@ -191,6 +198,9 @@ def _intermediate(
         ch.expect(sync.MAPS_WRITTEN)
         for fd, kind in ns_fds:
             kns.setns(fd, kns.NAMESPACES[kind][0], kind)
+        os.fchdir(root_fd)
+        os.chroot(".")  # the container's root, exactly as its init sees it
+        os.close(root_fd)
         pid = os.fork()
         if pid == 0:
             try:
