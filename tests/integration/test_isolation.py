@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from conftest import USERNS_BASE, requires_root
 
 pytestmark = requires_root
@@ -90,10 +92,15 @@ def test_masked_paths_are_empty_and_readonly_paths_refuse_writes(bundle, runtime
     assert "Read-only file system" in refused or refused == "refused"
 
 
-def test_cgroup_namespace_shows_root(bundle, runtime):
+@pytest.mark.cgroups
+def test_cgroup_namespace_shows_root_and_the_cgroup_mount_is_read_only(bundle, runtime):
     bundle.userns()
-    out = runtime.run_output(bundle.sh("cat /proc/self/cgroup"))
-    assert all(line.endswith(":/") for line in out.splitlines())
+    out = runtime.run_output(bundle.sh("cat /proc/self/cgroup; grep ' /sys/fs/cgroup' /proc/self/mountinfo"))
+    lines = out.splitlines()
+    cgroups = [line for line in lines if line[:1].isdigit() and line.count(":") == 2]
+    assert cgroups and all(line.endswith(":/") for line in cgroups)
+    mounts = [line.split() for line in lines if " /sys/fs/cgroup" in line]
+    assert mounts and all(m[5].startswith("ro") for m in mounts)
 
 
 def test_dev_has_the_default_devices_and_links(bundle, runtime):

@@ -18,6 +18,7 @@ Three processes take part, talking over the sync channel (runtime/sync.py):
                                 fork ─────────────────────────> setsid
                   <──────────── INIT_PID                        rootfs: propagation, bind,
   reap intermediate             exit                              mounts[], devices
+  INIT_KNOWN ─────────────────────────────────────────────────> (waits for it)
   cgroup join(init)  (meanwhile)
                   <──────────────────────────────────────────── RUN_CREATE_HOOKS
   prestart, createRuntime hooks
@@ -159,6 +160,7 @@ def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgrou
     cleanup.pids.append(init_pid)
     os.waitpid(pid, 0)  # the intermediate exits once it has reported the init's pid
     cleanup.pids.remove(pid)
+    ch.send(sync.INIT_KNOWN)
     state.pid = init_pid
     state.start_time = kproc.proc_start_time(init_pid) or 0
     trace(f"parent: init is pid {init_pid}")
@@ -394,6 +396,9 @@ def _init(
         ctx = rootfs.RootfsContext(config, state.bundle, state.cgroup_paths)
         rootfs.prepare_rootfs(ctx)
         trace("init: rootfs prepared")
+        # The intermediate and we write to the same pipe: speak only once the parent has
+        # read its INIT_PID, or our message could overtake it.
+        ch.expect(sync.INIT_KNOWN)
         state_dir = os.open(state.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ch.send(sync.RUN_CREATE_HOOKS)
         state.pid = int(ch.expect(sync.CREATE_HOOKS_DONE))

@@ -17,7 +17,8 @@ RUN_CREATE_HOOKS = "run-create-hooks"  # mounts are ready: run prestart/createRu
 CREATED = "created"  # init is set up and waits on the exec fifo
 ERROR = "error"
 # parent -> child
-MAPS_WRITTEN = "maps-written"  # ID maps are in place, cgroups joined: go on
+MAPS_WRITTEN = "maps-written"  # ID maps are in place: go on
+INIT_KNOWN = "init-known"  # the parent has the init's pid: the init may speak (the pipe is shared)
 CREATE_HOOKS_DONE = "create-hooks-done"
 
 
