@@ -71,35 +71,42 @@ INIT = """#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in {modules}; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-mkdir -p /host /results
+mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot /host
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /host{results}
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
 mount -t devpts devpts /host/dev/pts; mount -t tmpfs shm /host/dev/shm
 for d in {writable}; do mount -t tmpfs tmpfs /host$d; done
+mount -t tmpfs scratch /host{scratch}
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 echo "+cpuset +cpu +io +memory +pids +hugetlb" > /host/sys/fs/cgroup/cgroup.subtree_control
 echo 1 > /host/proc/sys/kernel/unprivileged_userns_clone 2>/dev/null
-chroot /host /bin/sh -c {command} > /results/output 2>&1
-echo $? > /results/exit
-sync
-poweroff -f
+# switch_root, not chroot: the kernel refuses new user namespaces to a chrooted process.
+exec switch_root /host /bin/sh -c {command}
 """
 
 
-def build_initramfs(work: Path, modules: Path, command: str) -> Path:
+def build_initramfs(work: Path, modules: Path, command: str, scratch: Path, results: Path) -> Path:
     root = work / "initramfs"
     for d in ("bin", "proc", "sys", "dev", "lib/modules"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy("/usr/bin/busybox", root / "bin/busybox")
-    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "echo", "sync", "cat"):
+    for applet in ("sh", "mount", "insmod", "mkdir", "switch_root", "echo"):
         (root / "bin" / applet).symlink_to("busybox")
     for module in MODULE_ORDER:
         shutil.copy(modules / "kernel" / f"{module}.ko", root / "lib/modules" / f"{Path(module).name}.ko")
+    # tmpfs over the usual writable directories, but never over the one holding the project
+    # (a checkout under /tmp must stay visible); TMPDIR is a scratch tmpfs inside .cache/vm.
+    writable = [d for d in WRITABLE if not str(ROOT).startswith(d + "/")]
     init = INIT.format(
         modules=" ".join(Path(m).name for m in MODULE_ORDER),
-        writable=" ".join(WRITABLE),
-        command=shlex.quote(command),
+        writable=" ".join(writable),
+        scratch=shlex.quote(str(scratch)),
+        results=shlex.quote(str(results)),
+        command=shlex.quote(
+            f"{command} > {shlex.quote(str(results))}/output 2>&1; echo $? > {shlex.quote(str(results))}/exit; "
+            "sync; /usr/bin/busybox poweroff -f"
+        ),
     )
     (root / "init").write_text(init)
     (root / "init").chmod(0o755)
@@ -126,19 +133,21 @@ def main(argv: list[str]) -> int:
         return 1
     vmlinux, modules = unpack_kernel()
     helper = CACHE / "escape"
+    scratch = CACHE / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
     subprocess.run(["gcc", "-static", "-O1", "-o", str(helper), str(ROOT / "tests/helpers/escape.c")], check=True)
     python = Path(sys.executable)
     pytest_args = " ".join(shlex.quote(a) for a in argv) or "-m cgroups tests/integration"
     command = (
         f"cd {shlex.quote(str(ROOT))} && PYTHONDONTWRITEBYTECODE=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "
-        f"STOCKADE_HELPER_BINARY={shlex.quote(str(helper))} TMPDIR=/tmp HOME=/root "
+        f"STOCKADE_HELPER_BINARY={shlex.quote(str(helper))} TMPDIR={shlex.quote(str(scratch))} HOME=/root "
         f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider {pytest_args}"
     )
-    with tempfile.TemporaryDirectory(prefix="stockade-vm-") as tmp:
+    # The results directory must exist in the tree the guest sees: it mounts its share there.
+    with tempfile.TemporaryDirectory(prefix="stockade-vm-") as tmp, tempfile.TemporaryDirectory(dir=CACHE) as res:
         work = Path(tmp)
-        results = work / "results"
-        results.mkdir()
-        initrd = build_initramfs(work, modules, command)
+        results = Path(res)
+        initrd = build_initramfs(work, modules, command, scratch, results)
         accel = os.environ.get("STOCKADE_VM_ACCEL", "tcg,thread=multi")
         qemu = [
             "qemu-system-x86_64", "-accel", accel, "-m", "4096", "-smp", str(os.cpu_count() or 2),

@@ -116,7 +116,9 @@ def bundle(tmp_path: Path, rootfs_template: Path) -> Bundle:
     for directory in [tmp_path, *tmp_path.parents]:
         if str(directory) in ("/", "/tmp"):
             break
-        os.chmod(directory, os.stat(directory).st_mode | 0o011)
+        mode = os.stat(directory).st_mode
+        if mode & 0o011 != 0o011:  # (the tree may be read-only where it is already searchable)
+            os.chmod(directory, mode | 0o011)
     return Bundle(path, rootfs_template)
 
 
