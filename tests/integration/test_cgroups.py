@@ -81,7 +81,6 @@ def test_cpuset_pins_to_one_cpu(bundle, runtime):
     assert out.split()[-1] == "0"
 
 
-@pytest.mark.skipif(UNIFIED, reason="cgroup v2 device rules need the eBPF filter, not built yet")
 def test_device_rules_deny_a_block_device_even_to_root(bundle, runtime):
     # Really privileged (no user namespace, CAP_MKNOD and CAP_SYS_ADMIN) and the node is in
     # the rootfs already: only the devices cgroup (deny-all by default) stands in the way.

@@ -8,6 +8,7 @@ import time
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
 from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, warn_not_applied, write
+from stockade.runtime.cgroups.devices import device_rules
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,10 +57,10 @@ class V2Manager(Manager):
     def apply(self, resources: dict[str, Any] | None, devices: list[Any] | None = None) -> None:
         if not resources:
             return
-        # Device rules need an eBPF program on v2 (BPF_PROG_TYPE_CGROUP_DEVICE): not built yet.
-        warn_not_applied(
-            resources, ["devices (cgroup v2 needs the eBPF device filter)"] if resources.get("devices") else []
-        )
+        warn_not_applied(resources)
+        rules = device_rules(resources, devices or [])
+        if rules:
+            self._attach_device_filter(rules)
         memory = resources.get("memory") or {}
         self._set("memory.max", _max(memory.get("limit")))
         self._set("memory.low", memory.get("reservation"))
@@ -81,6 +82,21 @@ class V2Manager(Manager):
             if "/" in key or not os.path.exists(os.path.join(self.path, key)):
                 raise ContainerError(f'linux.resources.unified: unknown cgroup file "{key}"')
             self._set(key, value)
+
+    def _attach_device_filter(self, rules: list[dict[str, Any]]) -> None:
+        """v2 has no devices.allow: an eBPF program decides each access (BPF_F_ALLOW_MULTI, as
+        runc attaches it, so a parent's filter still applies too)."""
+        from stockade.kernel import bpf
+        from stockade.runtime.cgroups.devicefilter import assemble
+
+        try:
+            prog = bpf.load_device_program(assemble(rules))
+            try:
+                bpf.attach_to_cgroup(prog, self.path)
+            finally:
+                os.close(prog)
+        except OSError as e:
+            raise ContainerError(f"cgroup: device filter for {self.path}: {e.strerror or e}") from None
 
     def _set(self, name: str, value: object) -> None:
         if value is not None:
