@@ -144,3 +144,37 @@ def test_unified_keys_are_applied_on_v2_and_unknown_ones_refused(bundle, runtime
     proc = runtime("run", "--bundle", str(bundle.path), "c2", check=False)
     assert proc.returncode == 1 and 'unknown cgroup file "memory.nosuchknob"' in proc.stderr
     assert cgroup_dirs("c2") == []
+
+
+def test_hugepages_cpu_burst_and_swappiness_are_written(bundle, runtime):
+    layout = detect_layout()
+    root_control = Path(layout.unified or "/nonexistent", "cgroup.subtree_control")
+    enabled_before = root_control.read_text().split() if root_control.exists() else []
+    try:
+        _check_hugepages_burst_swappiness(bundle, runtime)
+    finally:
+        runtime("delete", "--force", "c1", check=False)
+        # Leave the host's cgroup2 root as it was (hugetlb is enabled there for the container).
+        if root_control.exists() and "hugetlb" not in enabled_before and "hugetlb" in root_control.read_text().split():
+            root_control.write_text("-hugetlb")
+
+
+def _check_hugepages_burst_swappiness(bundle, runtime):
+    from stockade.runtime.state import State
+
+    resources = bundle.linux["resources"]
+    resources["hugepageLimits"] = [{"pageSize": "2MB", "limit": 4 * 1024 * 1024}]
+    resources["cpu"] = {"quota": 20000, "period": 100000, "burst": 10000}
+    if not UNIFIED:
+        resources["memory"] = {"swappiness": 10}
+    runtime.detached(bundle.sh("sleep 30"), "c1")
+    paths = State.load(str(runtime.root), "c1").cgroup_paths
+    if "hugetlb" in paths:  # a v1 hugetlb hierarchy
+        assert Path(paths["hugetlb"], "hugetlb.2MB.limit_in_bytes").read_text().strip() == str(4 << 20)
+    else:  # cgroup2: unified, or the hybrid host's cgroup2 mount where hugetlb lives
+        assert Path(paths[""], "hugetlb.2MB.max").read_text().strip() == str(4 << 20)
+    if UNIFIED:
+        assert Path(paths[""], "cpu.max.burst").read_text().strip() == "10000"
+    else:
+        assert Path(paths["cpu"], "cpu.cfs_burst_us").read_text().strip() == "10000"
+        assert Path(paths["memory"], "memory.swappiness").read_text().strip() == "10"

@@ -126,11 +126,39 @@ class Manager:
 
 # linux.resources fields neither driver applies yet (issue 4 has the rest of the work).
 NOT_APPLIED = {
-    "memory": ("kernel", "kernelTCP", "swappiness", "useHierarchy", "checkBeforeUpdate"),
-    "cpu": ("realtimeRuntime", "realtimePeriod", "burst", "idle"),
+    "memory": ("kernel", "kernelTCP", "checkBeforeUpdate"),
+    "cpu": ("idle",),
     "blockIO": ("leafWeight", "weightDevice"),
 }
-NOT_APPLIED_TOP = ("hugepageLimits", "network", "rdma")
+NOT_APPLIED_TOP = ("network",)
+
+
+def hugepage_files(resources: dict[str, Any], suffix: str) -> list[tuple[str, int]]:
+    """hugepageLimits as (file, limit): pageSize "2MB" -> hugetlb.2MB.<suffix>."""
+    return [
+        (f"hugetlb.{limit['pageSize']}.{suffix}", int(limit["limit"]))
+        for limit in resources.get("hugepageLimits") or []
+    ]
+
+
+def enable_controllers(leaf: str, controllers: list[str]) -> None:
+    """cgroup2: enable `controllers` in cgroup.subtree_control from the mount's root down to
+    `leaf`'s parent, so that `leaf` gets their files."""
+    chain = []
+    directory = os.path.dirname(leaf)
+    while True:
+        chain.append(directory)
+        if os.path.ismount(directory) or directory == "/":
+            break
+        directory = os.path.dirname(directory)
+    for directory in reversed(chain):
+        available = read(os.path.join(directory, "cgroup.controllers")).split()
+        wanted = " ".join(f"+{c}" for c in controllers if c in available)
+        if wanted:
+            try:
+                write(os.path.join(directory, "cgroup.subtree_control"), wanted)
+            except ContainerError:
+                pass  # a controller may be busy; the write of its setting says which
 
 
 def warn_not_applied(resources: dict[str, Any], extra: list[str] | None = None) -> None:

@@ -6,7 +6,16 @@ import os
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, warn_not_applied, write
+from stockade.runtime.cgroups.base import (
+    Manager,
+    enable_controllers,
+    hugepage_files,
+    read,
+    read_int,
+    read_keyed,
+    warn_not_applied,
+    write,
+)
 from stockade.runtime.cgroups.devices import device_rules
 
 TYPE_CHECKING = False
@@ -56,16 +65,31 @@ class V1Manager(Manager):
         warn_not_applied(resources, skipped)
         if memory.get("disableOOMKiller"):
             self._set("memory", "memory.oom_control", 1)
+        self._set("memory", "memory.swappiness", memory.get("swappiness"))
+        if memory.get("useHierarchy") is not None:
+            self._set("memory", "memory.use_hierarchy", int(bool(memory["useHierarchy"])))
         cpu = resources.get("cpu") or {}
         self._set("cpu", "cpu.shares", cpu.get("shares"))
         self._set("cpu", "cpu.cfs_period_us", cpu.get("period"))
         self._set("cpu", "cpu.cfs_quota_us", cpu.get("quota"))
+        self._set("cpu", "cpu.cfs_burst_us", cpu.get("burst"))
+        self._set("cpu", "cpu.rt_period_us", cpu.get("realtimePeriod"))
+        self._set("cpu", "cpu.rt_runtime_us", cpu.get("realtimeRuntime"))
         self._set("cpuset", "cpuset.cpus", cpu.get("cpus") or None)
         self._set("cpuset", "cpuset.mems", cpu.get("mems") or None)
         pids = resources.get("pids") or {}
         limit = pids.get("limit")
         if limit is not None:
             self._set("pids", "pids.max", "max" if limit <= 0 else limit)
+        self._hugepages(resources)
+        for entry in (resources.get("rdma") or {}).items():
+            device, limits = entry
+            values = " ".join(
+                f"{k}={v}"
+                for k, v in (("hca_handle", limits.get("hcaHandles")), ("hca_object", limits.get("hcaObjects")))
+                if v is not None
+            )
+            self._set("rdma", "rdma.max", f"{device} {values}")
         block = resources.get("blockIO") or {}
         for key, name in (
             ("throttleReadBpsDevice", "blkio.throttle.read_bps_device"),
@@ -81,6 +105,22 @@ class V1Manager(Manager):
         for rule in device_rules(resources, devices or []):
             name = "devices.allow" if rule.get("allow") else "devices.deny"
             self._set("devices", name, device_rule(rule))
+
+    def _hugepages(self, resources: dict[str, Any]) -> None:
+        """hugetlb on its v1 hierarchy, or (hybrid hosts) on the cgroup2 one where it lives."""
+        files = hugepage_files(resources, "limit_in_bytes" if "hugetlb" in self.paths else "max")
+        if not files:
+            return
+        if "hugetlb" not in self.paths:
+            unified = self.paths.get("")
+            if not unified:
+                raise ContainerError("linux.resources.hugepageLimits: no hugetlb controller on this host")
+            enable_controllers(unified, ["hugetlb"])
+            for name, limit in files:
+                write(os.path.join(unified, name), str(limit))
+            return
+        for name, limit in files:
+            self._set("hugetlb", name, limit)
 
     def _file(self, controller: str, name: str) -> str:
         return os.path.join(self.paths.get(controller, ""), name)

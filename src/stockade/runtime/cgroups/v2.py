@@ -7,7 +7,16 @@ import time
 
 from stockade.errors import ContainerError
 from stockade.runtime.cgroups import Layout
-from stockade.runtime.cgroups.base import Manager, read, read_int, read_keyed, warn_not_applied, write
+from stockade.runtime.cgroups.base import (
+    Manager,
+    enable_controllers,
+    hugepage_files,
+    read,
+    read_int,
+    read_keyed,
+    warn_not_applied,
+    write,
+)
 from stockade.runtime.cgroups.devices import device_rules
 
 TYPE_CHECKING = False
@@ -37,22 +46,8 @@ class V2Manager(Manager):
         self._enable_controllers()
 
     def _enable_controllers(self) -> None:
-        """Enable every available controller from the root down to our parent."""
-        root = os.path.dirname(self.path)
-        chain = []
-        while True:
-            chain.append(root)
-            if os.path.ismount(root) or root == "/":
-                break
-            root = os.path.dirname(root)
-        for directory in reversed(chain):
-            available = read(os.path.join(directory, "cgroup.controllers")).split()
-            wanted = " ".join(f"+{c}" for c in available)
-            if wanted:
-                try:
-                    write(os.path.join(directory, "cgroup.subtree_control"), wanted)
-                except ContainerError:
-                    pass  # a controller may be busy (e.g. threaded); the resource write says which
+        """Every controller this hierarchy offers, from its root down to our parent."""
+        enable_controllers(self.path, ["cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"])
 
     def apply(self, resources: dict[str, Any] | None, devices: list[Any] | None = None) -> None:
         if not resources:
@@ -73,6 +68,20 @@ class V2Manager(Manager):
         if cpu.get("quota") is not None or cpu.get("period") is not None:
             quota = cpu.get("quota")
             self._set("cpu.max", f"{'max' if quota in (None, -1) else quota} {cpu.get('period') or 100000}")
+        self._set("cpu.max.burst", cpu.get("burst"))
+        if cpu.get("realtimeRuntime") or cpu.get("realtimePeriod"):
+            raise ContainerError("linux.resources.cpu.realtimeRuntime: cgroup v2 has no real-time group scheduling")
+        for name, limit in hugepage_files(resources, "max"):
+            self._set(name, limit)
+        for device, limits in (resources.get("rdma") or {}).items():
+            values = " ".join(
+                f"{k}={v}"
+                for k, v in (("hca_handle", limits.get("hcaHandles")), ("hca_object", limits.get("hcaObjects")))
+                if v is not None
+            )
+            self._set("rdma.max", f"{device} {values}")
+        if memory.get("swappiness") is not None:
+            raise ContainerError("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness")
         self._set("cpuset.cpus", cpu.get("cpus") or None)
         self._set("cpuset.mems", cpu.get("mems") or None)
         pids = resources.get("pids") or {}
