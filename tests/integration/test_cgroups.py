@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -178,3 +179,71 @@ def _check_hugepages_burst_swappiness(bundle, runtime):
     else:
         assert Path(paths["cpu"], "cpu.cfs_burst_us").read_text().strip() == "10000"
         assert Path(paths["memory"], "memory.swappiness").read_text().strip() == "10"
+
+
+def test_network_class_needs_its_controller(bundle, runtime):
+    layout = detect_layout()
+    bundle.linux["resources"]["network"] = {"classID": 1048577}
+    bundle.write()
+    proc = runtime("run", "--bundle", str(bundle.path), "c1", check=False)
+    if "net_cls" in layout.v1:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == 1
+        assert "net_cls controller is not mounted" in proc.stderr or "no net_cls/net_prio" in proc.stderr
+        assert cgroup_dirs("c1") == []
+
+
+@pytest.mark.skipif(not UNIFIED, reason="cgroup v2 only (delegation)")
+def test_rootless_uses_a_delegated_subtree(bundle, tmp_path):
+    """An unprivileged caller whose cgroup's parent was delegated to it (as systemd's
+    user@UID.service is) gets its container's cgroup there, with limits."""
+    nobody, python = 65534, "/usr/bin/python3"
+    if not os.path.exists(python) or shutil.which("setpriv") is None:
+        pytest.skip("needs python3 and setpriv")
+    delegated = Path(detect_layout().unified or "", "stockade-test-delegated")
+    leaf = delegated / "leaf"
+    leaf.mkdir(parents=True)
+    try:
+        (delegated / "cgroup.subtree_control").write_text("+pids +memory")
+        for path in (delegated, leaf):
+            for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+                os.chown(path / name if name else path, nobody, nobody)
+        bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "cgroup"]
+        bundle.linux["namespaces"].append({"type": "user"})
+        bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": nobody, "size": 1}]
+        bundle.linux["gidMappings"] = [{"containerID": 0, "hostID": nobody, "size": 1}]
+        bundle.linux["resources"] = {"pids": {"limit": 10}}
+        bundle.config["mounts"] = [m for m in bundle.config["mounts"] if m["type"] != "cgroup"]
+        for m in bundle.config["mounts"]:
+            if m["type"] == "devpts":
+                m["options"] = [o for o in m["options"] if not o.startswith("gid=")]
+        bundle.sh(
+            "cat /proc/self/cgroup; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/pids.max 2>/dev/null || true"
+        )
+        bundle.write()
+        for dirpath, dirs, files in os.walk(bundle.path):
+            for name in dirs + files:
+                os.lchown(os.path.join(dirpath, name), nobody, nobody)
+        state = tmp_path / "state-rootless"
+        state.mkdir()
+        os.chown(state, nobody, nobody)
+        src = str(Path(__file__).resolve().parents[2] / "src")
+        launcher = f"import sys; sys.path.insert(0, {src!r}); from stockade.cli.runtime import main; sys.exit(main())"
+        script = (
+            f"echo $$ > {leaf}/cgroup.procs && exec setpriv --reuid {nobody} --regid {nobody} --clear-groups "
+            f"{python} -I -c {shlex.quote(launcher)} --root {state} run --bundle {bundle.path} r1"
+        )
+        proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "without a delegated cgroup" not in proc.stderr
+        assert "/stockade-test-delegated/stockade-r1" in proc.stdout
+        assert not (delegated / "stockade-r1").exists()
+    finally:
+        for path in (leaf, delegated):
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)

@@ -263,14 +263,18 @@ def _create_cgroup(state: State, config: Config, cleanup: _Cleanup) -> Any:
     layout = cgroups.detect_layout()
     if layout.kind == "none":
         return None
-    if os.geteuid() != 0:
-        print(
-            "stockade-runtime: warning: running rootless without a delegated cgroup: no resource limits",
-            file=sys.stderr,
-        )
-        return None
     own = cgroups.own_cgroups()
-    path = cgroups.resolve_path(config.linux.cgroups_path, state.id, own.get("", "/"))
+    if os.geteuid() != 0:
+        delegated = cgroups.delegated_parent(layout, own) if layout.kind == "unified" else None
+        if delegated is None:
+            print(
+                "stockade-runtime: warning: running rootless without a delegated cgroup: no resource limits",
+                file=sys.stderr,
+            )
+            return None
+        path = f"{delegated.rstrip('/')}/stockade-{state.id}"
+    else:
+        path = cgroups.resolve_path(config.linux.cgroups_path, state.id, own.get("", "/"))
     manager = cgroups.manager_for(layout).for_path(layout, own, path)
     manager.create()
     cleanup.cgroup = manager

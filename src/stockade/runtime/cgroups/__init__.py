@@ -103,6 +103,21 @@ def resolve_path(cgroups_path: str | None, container_id: str, own: str) -> str:
     return os.path.normpath(os.path.join(own, cgroups_path))
 
 
+def delegated_parent(layout: Layout, own: dict[str, str]) -> str | None:
+    """For an unprivileged caller on cgroup v2: the cgroup above its own, if it was delegated
+    to the caller (systemd's user@UID.service, or any subtree chowned to it), else None. A
+    container's cgroup goes there, beside the caller's: cgroup v2 lets a process move others
+    only between cgroups whose common ancestor's cgroup.procs it may write."""
+    if layout.unified is None or "" not in own:
+        return None
+    parent = os.path.dirname(own[""].rstrip("/")) or "/"
+    directory = os.path.join(layout.unified, parent.lstrip("/"))
+    needed = (directory, os.path.join(directory, "cgroup.procs"), os.path.join(directory, "cgroup.subtree_control"))
+    if all(os.access(path, os.W_OK) for path in needed):
+        return parent
+    return None
+
+
 def manager_for(layout: Layout) -> type[Manager]:
     from stockade.runtime.cgroups import v1, v2
 

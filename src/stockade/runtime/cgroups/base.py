@@ -130,7 +130,7 @@ NOT_APPLIED = {
     "cpu": ("idle",),
     "blockIO": ("leafWeight", "weightDevice"),
 }
-NOT_APPLIED_TOP = ("network",)
+NOT_APPLIED_TOP: tuple[str, ...] = ()
 
 
 def hugepage_files(resources: dict[str, Any], suffix: str) -> list[tuple[str, int]]:

@@ -82,6 +82,10 @@ class V1Manager(Manager):
         if limit is not None:
             self._set("pids", "pids.max", "max" if limit <= 0 else limit)
         self._hugepages(resources)
+        network = resources.get("network") or {}
+        self._set("net_cls", "net_cls.classid", network.get("classID"))
+        for priority in network.get("priorities") or []:
+            self._set("net_prio", "net_prio.ifpriomap", f"{priority['name']} {priority['priority']}")
         for entry in (resources.get("rdma") or {}).items():
             device, limits = entry
             values = " ".join(

@@ -80,6 +80,8 @@ class V2Manager(Manager):
                 if v is not None
             )
             self._set("rdma.max", f"{device} {values}")
+        if resources.get("network"):
+            raise ContainerError("linux.resources.network: cgroup v2 has no net_cls/net_prio controllers")
         if memory.get("swappiness") is not None:
             raise ContainerError("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness")
         self._set("cpuset.cpus", cpu.get("cpus") or None)
