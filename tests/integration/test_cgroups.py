@@ -247,3 +247,27 @@ def test_rootless_uses_a_delegated_subtree(bundle, tmp_path):
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def test_block_io_throttle_is_written_and_a_nonexistent_device_is_refused(bundle, runtime):
+    from stockade.runtime.state import State
+
+    disk = os.stat("/").st_dev  # the device holding the host's root: it exists
+    major, minor = os.major(disk), os.minor(disk)
+    if not os.path.exists(f"/sys/dev/block/{major}:{minor}"):
+        pytest.skip("the root filesystem is not on a block device")
+    bundle.linux["resources"]["blockIO"] = {
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]
+    }
+    runtime.detached(bundle.sh("sleep 30"), "c1")
+    paths = State.load(str(runtime.root), "c1").cgroup_paths
+    if UNIFIED:
+        assert f"{major}:{minor} rbps=1048576" in Path(paths[""], "io.max").read_text()
+    else:
+        assert f"{major}:{minor} 1048576" in Path(paths["blkio"], "blkio.throttle.read_bps_device").read_text()
+    runtime("delete", "--force", "c1")
+    bundle.linux["resources"]["blockIO"] = {"throttleReadBpsDevice": [{"major": 250, "minor": 99, "rate": 1}]}
+    bundle.write()
+    proc = runtime("run", "--bundle", str(bundle.path), "c2", check=False)
+    assert proc.returncode == 1 and "250:99" in proc.stderr, proc.stderr
+    assert cgroup_dirs("c2") == []

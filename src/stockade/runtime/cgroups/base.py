@@ -128,7 +128,7 @@ class Manager:
 NOT_APPLIED = {
     "memory": ("kernel", "kernelTCP", "checkBeforeUpdate"),
     "cpu": ("idle",),
-    "blockIO": ("leafWeight", "weightDevice"),
+    "blockIO": ("leafWeight",),
 }
 NOT_APPLIED_TOP: tuple[str, ...] = ()
 

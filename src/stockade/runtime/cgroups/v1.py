@@ -103,6 +103,9 @@ class V1Manager(Manager):
         ):
             for rule in block.get(key) or []:
                 self._set("blkio", name, f"{rule['major']}:{rule['minor']} {rule['rate']}")
+        for rule in block.get("weightDevice") or []:
+            if rule.get("weight") is not None:
+                self._set("blkio", "blkio.weight_device", f"{rule['major']}:{rule['minor']} {rule['weight']}")
         if block.get("weight") is not None:
             weight_file = "blkio.weight" if os.path.exists(self._file("blkio", "blkio.weight")) else "blkio.bfq.weight"
             self._set("blkio", weight_file, block["weight"])

@@ -80,6 +80,7 @@ class V2Manager(Manager):
                 if v is not None
             )
             self._set("rdma.max", f"{device} {values}")
+        self._block_io(resources.get("blockIO") or {})
         if resources.get("network"):
             raise ContainerError("linux.resources.network: cgroup v2 has no net_cls/net_prio controllers")
         if memory.get("swappiness") is not None:
@@ -93,6 +94,26 @@ class V2Manager(Manager):
             if "/" in key or not os.path.exists(os.path.join(self.path, key)):
                 raise ContainerError(f'linux.resources.unified: unknown cgroup file "{key}"')
             self._set(key, value)
+
+    def _block_io(self, block: dict[str, Any]) -> None:
+        """blockIO on v2: io.weight (or BFQ's io.bfq.weight) and io.max per device."""
+        weight_file = "io.bfq.weight" if os.path.exists(os.path.join(self.path, "io.bfq.weight")) else "io.weight"
+        if block.get("weight") is not None:
+            self._set(weight_file, f"default {block['weight']}")
+        for rule in block.get("weightDevice") or []:
+            if rule.get("weight") is not None:
+                self._set(weight_file, f"{rule['major']}:{rule['minor']} {rule['weight']}")
+        limits: dict[str, list[str]] = {}
+        for key, name in (
+            ("throttleReadBpsDevice", "rbps"),
+            ("throttleWriteBpsDevice", "wbps"),
+            ("throttleReadIOPSDevice", "riops"),
+            ("throttleWriteIOPSDevice", "wiops"),
+        ):
+            for rule in block.get(key) or []:
+                limits.setdefault(f"{rule['major']}:{rule['minor']}", []).append(f"{name}={rule['rate']}")
+        for device, values in limits.items():
+            self._set("io.max", f"{device} {' '.join(values)}")
 
     def _attach_device_filter(self, rules: list[dict[str, Any]]) -> None:
         """v2 has no devices.allow: an eBPF program decides each access (BPF_F_ALLOW_MULTI, as
