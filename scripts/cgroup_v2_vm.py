@@ -31,6 +31,7 @@ MODULE_ORDER = [
     "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_pci_modern_dev",
     "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci", "net/9p/9pnet",
     "net/9p/9pnet_virtio", "fs/netfs/netfs", "fs/fscache/fscache", "fs/9p/9p",
+    "drivers/block/virtio_blk",  # a small disk, so block I/O limits have a device to act on
 ]  # fmt: skip
 WRITABLE = ["/tmp", "/run", "/var/tmp", "/root/.cache"]
 
@@ -148,6 +149,8 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         results = Path(res)
         initrd = build_initramfs(work, modules, command, scratch, results)
+        disk = work / "disk.img"
+        disk.write_bytes(b"\0" * (1 << 20))
         accel = os.environ.get("STOCKADE_VM_ACCEL", "tcg,thread=multi")
         qemu = [
             "qemu-system-x86_64", "-accel", accel, "-m", "4096", "-smp", str(os.cpu_count() or 2),
@@ -155,6 +158,7 @@ def main(argv: list[str]) -> int:
             "-append", "console=ttyS0 quiet panic=-1 systemd.unified_cgroup_hierarchy=1",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
+            "-drive", f"file={disk},if=virtio,format=raw",
         ]  # fmt: skip
         started = time.monotonic()
         boot = subprocess.run(qemu, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
