@@ -86,6 +86,26 @@ class Bundle:
         os.lchown(self.rootfs, base, base)
         return self
 
+    def rootless(self, host_id: int) -> Bundle:
+        """What an unprivileged caller can run: a user namespace mapping only its own id,
+        no cgroup mount, devpts without gid=5; the bundle is given to that id."""
+        self.linux["namespaces"].append({"type": "user"})
+        self.linux["uidMappings"] = [{"containerID": 0, "hostID": host_id, "size": 1}]
+        self.linux["gidMappings"] = [{"containerID": 0, "hostID": host_id, "size": 1}]
+        self.linux.pop("resources", None)
+        self.config["mounts"] = [m for m in self.config["mounts"] if m["type"] != "cgroup"]
+        for m in self.config["mounts"]:
+            if m["type"] == "devpts":
+                m["options"] = [o for o in m["options"] if not o.startswith("gid=")]
+        return self
+
+    def give_to(self, uid: int) -> None:
+        """Write the config and hand the whole bundle to `uid`."""
+        self.write()
+        for dirpath, dirs, files in os.walk(self.path):
+            for name in dirs + files:
+                os.lchown(os.path.join(dirpath, name), uid, uid)
+
     def secure(self, base: int = USERNS_BASE) -> Bundle:
         """The defaults every engine container gets: own user namespace, Docker's capabilities,
         the default seccomp profile, no_new_privs, masked paths, a pids limit."""

@@ -210,21 +210,9 @@ def test_rootless_uses_a_delegated_subtree(bundle, tmp_path):
             for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
                 os.chown(path / name if name else path, nobody, nobody)
         bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "cgroup"]
-        bundle.linux["namespaces"].append({"type": "user"})
-        bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": nobody, "size": 1}]
-        bundle.linux["gidMappings"] = [{"containerID": 0, "hostID": nobody, "size": 1}]
-        bundle.linux["resources"] = {"pids": {"limit": 10}}
-        bundle.config["mounts"] = [m for m in bundle.config["mounts"] if m["type"] != "cgroup"]
-        for m in bundle.config["mounts"]:
-            if m["type"] == "devpts":
-                m["options"] = [o for o in m["options"] if not o.startswith("gid=")]
-        bundle.sh(
-            "cat /proc/self/cgroup; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/pids.max 2>/dev/null || true"
-        )
-        bundle.write()
-        for dirpath, dirs, files in os.walk(bundle.path):
-            for name in dirs + files:
-                os.lchown(os.path.join(dirpath, name), nobody, nobody)
+        bundle.rootless(nobody).linux["resources"] = {"pids": {"limit": 10}}
+        bundle.sh("cat /proc/self/cgroup")
+        bundle.give_to(nobody)
         state = tmp_path / "state-rootless"
         state.mkdir()
         os.chown(state, nobody, nobody)

@@ -44,19 +44,8 @@ def run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_rootless_container_maps_only_the_callers_uid(bundle, tmp_path):
-    bundle.linux["namespaces"].append({"type": "user"})
-    bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": NOBODY, "size": 1}]
-    bundle.linux["gidMappings"] = [{"containerID": 0, "hostID": NOBODY, "size": 1}]
-    bundle.linux.pop("resources")
-    bundle.config["mounts"] = [m for m in bundle.config["mounts"] if m["type"] != "cgroup"]
-    for m in bundle.config["mounts"]:
-        if m["type"] == "devpts":
-            m["options"] = [o for o in m["options"] if not o.startswith("gid=")]
-    bundle.sh("id -u; cat /proc/self/uid_map; cat /proc/self/setgroups")
-    bundle.write()
-    for dirpath, dirs, files in os.walk(bundle.path):
-        for name in dirs + files:
-            os.lchown(os.path.join(dirpath, name), NOBODY, NOBODY)
+    bundle.rootless(NOBODY).sh("id -u; cat /proc/self/uid_map; cat /proc/self/setgroups")
+    bundle.give_to(NOBODY)
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, NOBODY, NOBODY)

@@ -77,3 +77,10 @@ def test_update_flags_become_resources():
         "cpu": {"quota": 20000, "period": 100000, "cpus": "0"},
         "pids": {"limit": 20},
     }
+
+
+def test_rdma_lines():
+    from stockade.runtime.cgroups.base import rdma_lines
+
+    lines = rdma_lines({"rdma": {"mlx4_0": {"hcaHandles": 2, "hcaObjects": 2000}, "mlx5_1": {"hcaHandles": 3}}})
+    assert lines == ["mlx4_0 hca_handle=2 hca_object=2000", "mlx5_1 hca_handle=3"]

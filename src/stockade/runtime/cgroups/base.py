@@ -141,6 +141,15 @@ def hugepage_files(resources: dict[str, Any], suffix: str) -> list[tuple[str, in
     ]
 
 
+def rdma_lines(resources: dict[str, Any]) -> list[str]:
+    """linux.resources.rdma as rdma.max lines: "mlx4_0 hca_handle=2 hca_object=2000"."""
+    lines = []
+    for device, limits in (resources.get("rdma") or {}).items():
+        values = (("hca_handle", limits.get("hcaHandles")), ("hca_object", limits.get("hcaObjects")))
+        lines.append(f"{device} {' '.join(f'{k}={v}' for k, v in values if v is not None)}")
+    return lines
+
+
 def enable_controllers(leaf: str, controllers: list[str]) -> None:
     """cgroup2: enable `controllers` in cgroup.subtree_control from the mount's root down to
     `leaf`'s parent, so that `leaf` gets their files."""

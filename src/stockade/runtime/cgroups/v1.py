@@ -10,6 +10,7 @@ from stockade.runtime.cgroups.base import (
     Manager,
     enable_controllers,
     hugepage_files,
+    rdma_lines,
     read,
     read_int,
     read_keyed,
@@ -86,14 +87,8 @@ class V1Manager(Manager):
         self._set("net_cls", "net_cls.classid", network.get("classID"))
         for priority in network.get("priorities") or []:
             self._set("net_prio", "net_prio.ifpriomap", f"{priority['name']} {priority['priority']}")
-        for entry in (resources.get("rdma") or {}).items():
-            device, limits = entry
-            values = " ".join(
-                f"{k}={v}"
-                for k, v in (("hca_handle", limits.get("hcaHandles")), ("hca_object", limits.get("hcaObjects")))
-                if v is not None
-            )
-            self._set("rdma", "rdma.max", f"{device} {values}")
+        for line in rdma_lines(resources):
+            self._set("rdma", "rdma.max", line)
         block = resources.get("blockIO") or {}
         for key, name in (
             ("throttleReadBpsDevice", "blkio.throttle.read_bps_device"),

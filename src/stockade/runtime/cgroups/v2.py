@@ -11,6 +11,7 @@ from stockade.runtime.cgroups.base import (
     Manager,
     enable_controllers,
     hugepage_files,
+    rdma_lines,
     read,
     read_int,
     read_keyed,
@@ -73,13 +74,8 @@ class V2Manager(Manager):
             raise ContainerError("linux.resources.cpu.realtimeRuntime: cgroup v2 has no real-time group scheduling")
         for name, limit in hugepage_files(resources, "max"):
             self._set(name, limit)
-        for device, limits in (resources.get("rdma") or {}).items():
-            values = " ".join(
-                f"{k}={v}"
-                for k, v in (("hca_handle", limits.get("hcaHandles")), ("hca_object", limits.get("hcaObjects")))
-                if v is not None
-            )
-            self._set("rdma.max", f"{device} {values}")
+        for line in rdma_lines(resources):
+            self._set("rdma.max", line)
         self._block_io(resources.get("blockIO") or {})
         if resources.get("network"):
             raise ContainerError("linux.resources.network: cgroup v2 has no net_cls/net_prio controllers")
