@@ -75,11 +75,16 @@ class Bundle:
     def sh(self, script: str) -> Bundle:
         return self.args("sh", "-c", script)
 
-    def userns(self, base: int = USERNS_BASE) -> Bundle:
-        """Run in a new user namespace mapping 0..65535 to base.., rootfs owned by its root."""
+    def userns_maps(self, base: int = USERNS_BASE) -> Bundle:
+        """Run in a new user namespace mapping 0..65535 to base.. (the rootfs as it is)."""
         self.linux["namespaces"].append({"type": "user"})
         self.linux["uidMappings"] = [{"containerID": 0, "hostID": base, "size": USERNS_SIZE}]
         self.linux["gidMappings"] = [{"containerID": 0, "hostID": base, "size": USERNS_SIZE}]
+        return self
+
+    def userns(self, base: int = USERNS_BASE) -> Bundle:
+        """Run in a new user namespace mapping 0..65535 to base.., rootfs owned by its root."""
+        self.userns_maps(base)
         for dirpath, dirs, files in os.walk(self.rootfs):
             for name in dirs + files:
                 os.lchown(os.path.join(dirpath, name), base, base)

@@ -1,29 +1,126 @@
-"""`stockade`: the Docker-style CLI. Until the engine lands it offers `version` and `info`."""
+"""`stockade`: the Docker-style CLI. Images today (issue 5); containers arrive with the engine.
+
+    stockade [--root DIR] [--debug] COMMAND ...
+
+--root (or $STOCKADE_ROOT) is the data root, /var/lib/stockade for root; images live in
+<root>/images. Errors print one line, `stockade: <what failed>: <why>`, and exit 1 (125 for a
+usage error, as docker does); --debug adds the traceback.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from stockade import __version__
 
+USAGE = """usage: stockade [--root DIR] [--debug] COMMAND
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(
-            "usage: stockade version | info\n\nThe engine (run, ps, images...) is not built yet; use stockade-runtime."
-        )
-        return 0 if args else 1
-    if args[0] in ("version", "--version", "-v"):
+Images:
+  pull NAME              pull an image from a registry
+  push NAME [DEST]       push an image to a registry
+  images                 list images (REPOSITORY TAG IMAGE ID CREATED SIZE)
+  history NAME           show an image's history
+  tag SOURCE TARGET      add a name to an image
+  rmi NAME...            remove images
+  save -o FILE NAME...   write images to a docker-archive or oci-archive
+  load -i FILE           load images from an archive
+  import FILE [REF]      import a rootfs tarball as an image
+  image inspect|ls|rm|prune|verify|build-base ...
+  login / logout SERVER  store or remove registry credentials
+
+Other:
+  version, info
+"""
+
+
+def data_root(flag: str | None) -> Path:
+    if flag:
+        return Path(flag)
+    env = os.environ.get("STOCKADE_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/stockade")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "stockade"
+
+
+def _split_globals(args: list[str]) -> tuple[str | None, bool, list[str]]:
+    root, debug = None, False
+    while args and args[0].startswith("-"):
+        head = args.pop(0)
+        if head == "--debug":
+            debug = True
+        elif head == "--root":
+            if not args:
+                raise SystemExit("stockade: --root needs a directory")
+            root = args.pop(0)
+        elif head.startswith("--root="):
+            root = head.split("=", 1)[1]
+        else:
+            args.insert(0, head)
+            break
+    return root, debug, args
+
+
+def dispatch(root: Path, args: list[str]) -> int:
+    from stockade.cli import image
+
+    command, rest = args[0], args[1:]
+    if command in ("version", "--version", "-v"):
         print(f"stockade version {__version__}")
         return 0
-    if args[0] == "info":
+    if command == "info":
         from stockade.runtime.cgroups import detect_layout
 
-        print(f"stockade {__version__}\ncgroup layout: {detect_layout().kind}")
+        print(f"stockade {__version__}\ndata root: {root}\ncgroup layout: {detect_layout().kind}")
         return 0
-    print(f'stockade: unknown command "{args[0]}" (the engine is not built yet; see stockade-runtime)', file=sys.stderr)
-    return 1
+    if command == "image":
+        if not rest or rest[0] in ("-h", "--help"):
+            print("usage: stockade image " + "|".join(image.SUBCOMMANDS) + " ...")
+            return 0 if rest else 125
+        return image.run(root / "images", rest[0], rest[1:])
+    if command in image.SHORT_FORMS:
+        return image.run(root / "images", image.SHORT_FORMS[command], rest)
+    if command == "login":
+        return image.cmd_login(rest)
+    if command == "logout":
+        return image.cmd_logout(rest)
+    raise image.UsageError(f'unknown command "{command}" (see stockade --help)')
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    root_flag, debug, args = _split_globals(args)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 125
+    from stockade.errors import StockadeError
+
+    try:
+        return dispatch(data_root(root_flag), args)
+    except StockadeError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        from stockade.cli.image import UsageError
+
+        print(f"stockade: {exc}", file=sys.stderr)
+        return 125 if isinstance(exc, UsageError) else 1
+    except OSError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"stockade:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stockade: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -139,3 +139,69 @@ def locked_flags(path: str) -> int:
         if st.f_flag & st_flag:
             flags |= ms_flag
     return flags & ~MS_RDONLY
+
+
+# The new mount API: fsopen/fsconfig/fsmount. Overlayfs takes its layers one by one
+# ("lowerdir+", 6.8+) and as file descriptors (6.13+), so neither the 4 KiB option-page
+# limit nor attached intermediate mounts (idmapped layers) get in the way.
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+
+
+def fsopen(fstype: str) -> int:
+    return syscall("fsopen", cstr(fstype), ctypes.c_uint(FSOPEN_CLOEXEC), obj=fstype)
+
+
+def fsconfig_string(fs_fd: int, key: str, value: str) -> None:
+    syscall(
+        "fsconfig",
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(FSCONFIG_SET_STRING),
+        cstr(key),
+        cstr(value),
+        ctypes.c_int(0),
+        obj=f"{key}={value}",
+    )
+
+
+def fsconfig_flag(fs_fd: int, key: str) -> None:
+    syscall(
+        "fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_FLAG), cstr(key), None, ctypes.c_int(0), obj=key
+    )
+
+
+def fsconfig_fd(fs_fd: int, key: str, fd: int) -> None:
+    syscall("fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_FD), cstr(key), None, ctypes.c_int(fd), obj=key)
+
+
+def fsconfig_create(fs_fd: int, what: str) -> None:
+    syscall("fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, ctypes.c_int(0), obj=what)
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    return syscall(
+        "fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags), obj="fsmount"
+    )
+
+
+def fs_error_log(fs_fd: int) -> str:
+    """The messages the filesystem left on its fs context (read until empty); '' if none."""
+    lines = []
+    while True:
+        try:
+            data = os.read(fs_fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        lines.append(data.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def syncfs(fd: int, what: str) -> None:
+    """Flush the whole filesystem `fd` lives on (cheaper than fsync of every unpacked file)."""
+    check(libc.syncfs(fd), "syncfs", what)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 
 from stockade.kernel.libc import check, libc
 
@@ -53,3 +55,37 @@ def write_time_offsets(offsets: dict[str, tuple[int, int]]) -> None:
         raise OSError(e.errno, f"write timens_offsets: {os.strerror(e.errno or 0)}") from None
     finally:
         os.close(fd)
+
+
+def user_namespace_fd(write_maps: Callable[[int], None]) -> int:
+    """An fd for a new user namespace whose ID maps `write_maps(pid)` writes.
+
+    A user namespace lives as long as something refers to it: a short-lived child unshares
+    it, the parent writes the maps and opens /proc/CHILD/ns/user, then the child exits. The
+    fd is what mount_setattr(MOUNT_ATTR_IDMAP) takes to make an idmapped mount.
+    """
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError(errno.EPERM, "unshare(CLONE_NEWUSER) failed in the helper")
+        write_maps(pid)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
