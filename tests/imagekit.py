@@ -72,8 +72,12 @@ def oci_layout(
 
     layer_descs = []
     for raw in layers:
-        blob = gzip.compress(raw, mtime=0) if compress else raw
-        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
+        if compress == "zstd":
+            blob = subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True, check=True).stdout
+            media = "application/vnd.oci.image.layer.v1.tar+zstd"
+        else:
+            blob = gzip.compress(raw, mtime=0) if compress else raw
+            media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
         layer_descs.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
     cfg = {
         "architecture": "amd64",

@@ -265,3 +265,15 @@ def test_import_from_stdin_gzip(cli: Cli) -> None:
     assert out.stdout.startswith("sha256:")
     image = cli.store.lookup("stdin/img")
     assert image.config.diff_ids == [sha(tar_bytes([{"name": "f", "data": "1"}]))]
+
+
+def test_zstd_and_uncompressed_layers_load(cli: Cli, tmp_path: Path) -> None:
+    layout = tmp_path / "zl"
+    first = tar_bytes([{"name": "z/file", "data": "zstd layer"}])
+    oci_layout(layout, [first], tag="docker.io/me/zstd:1", compress="zstd")
+    archive = tmp_path / "zl.tar"
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    assert "Loaded image: me/zstd:1" in cli("load", "-i", str(archive)).stdout
+    image = cli.store.lookup("me/zstd:1")
+    assert image.manifest.layers[0].media_type.endswith("+zstd")
+    assert (cli.store.layers / image.config.diff_ids[0].split(":")[1] / "diff/z/file").read_text() == "zstd layer"

@@ -285,7 +285,7 @@ def load_archive(store: Store, path: Path, want: Platform | None = None) -> list
     except (tarfile.TarError, OSError) as exc:
         raise ImageError(f"{path}: not a tar archive: {exc}") from None
     with tf:
-        names = set(tf.getnames())
+        names = {n.removeprefix("./") for n in tf.getnames()}
         if "manifest.json" in names:
             return _load_docker(store, tf, path)
         if "index.json" in names and "oci-layout" in names:
@@ -296,10 +296,17 @@ def load_archive(store: Store, path: Path, want: Platform | None = None) -> list
 
 
 def _member(tf: tarfile.TarFile, name: str, archive: Path) -> IO[bytes]:
-    try:
-        member = tf.getmember(name.lstrip("./") if name.startswith("./") else name)
-    except KeyError:
-        raise ImageError(f"{archive}: {name} is listed but not in the archive") from None
+    """An archive member by name, whether the tar spelled it "name" or "./name"."""
+    name = name.removeprefix("./")
+    member = None
+    for candidate in (name, f"./{name}"):
+        try:
+            member = tf.getmember(candidate)
+            break
+        except KeyError:
+            continue
+    if member is None:
+        raise ImageError(f"{archive}: {name} is listed but not in the archive")
     f = tf.extractfile(member)
     if f is None:
         raise ImageError(f"{archive}: {name} is not a regular file")

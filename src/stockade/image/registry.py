@@ -157,6 +157,7 @@ class Registry:
         """A request to this registry; `scope` is the token scope (repository:NAME:pull,push)."""
         scheme = self._pick_scheme()
         headers = dict(headers or {})
+        refreshed = False
         for attempt in range(MAX_RETRIES + 1):
             req_headers = dict(headers)
             auth = self._auth_header(scope)
@@ -173,7 +174,19 @@ class Registry:
             if resp.status == 401 and attempt < MAX_RETRIES:
                 challenge = resp.header("WWW-Authenticate")
                 resp.read()
-                if not self._authenticate(challenge, scope, what):
+                # Only what this request carried tells whether it was refused: another thread
+                # may have authenticated meanwhile.
+                tried = auth.startswith("Basic") or (auth.startswith("Bearer") and refreshed)
+                if auth.startswith("Bearer"):
+                    # A token may expire during a long pull: fetch a new one once per request.
+                    if self.tokens.get(scope) == auth[7:]:
+                        self.tokens.pop(scope, None)
+                    refreshed = True
+                if tried or not self._authenticate(challenge, scope, what):
+                    if self.credentials and tried:
+                        raise RegistryError(
+                            f"{what}: {self.host}: unauthorized: incorrect username or password, or no access"
+                        )
                     raise RegistryError(
                         f"{what}: authentication required by {self.host} (try: stockade login {self.host})"
                     )
@@ -185,25 +198,29 @@ class Registry:
             if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
                 location = resp.header("Location")
                 resp.read()
-                return self._follow(method, urllib.parse.urljoin(resp.url, location), headers, what)
+                return self._follow(method, urllib.parse.urljoin(resp.url, location), headers, what, scope)
             return resp
         raise RegistryError(f"{what}: {self.host} kept answering {resp.status}")
 
-    def _follow(self, method: str, url: str, headers: dict[str, str], what: str, hops: int = 5) -> Response:
+    def _follow(self, method: str, url: str, headers: dict[str, str], what: str, scope: str, hops: int = 5) -> Response:
         """Follow a redirect (blob storage elsewhere); credentials go only to the registry itself."""
         parsed = urllib.parse.urlsplit(url)
         same = parsed.netloc == self.host
         if parsed.scheme not in ("https", "http") or (parsed.scheme == "http" and not (same and self.insecure)):
             raise RegistryError(f"{what}: refusing redirect to {url}")
         path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        headers = dict(headers)
+        auth = self._auth_header(scope) if same else ""
+        if auth:
+            headers["Authorization"] = auth
         try:
-            resp = self._send(parsed.scheme, parsed.netloc, method, path, dict(headers), None)
+            resp = self._send(parsed.scheme, parsed.netloc, method, path, headers, None)
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryError(f"{what}: {parsed.netloc}: {exc}") from None
         if resp.status in (301, 302, 303, 307, 308) and hops:
             location = resp.header("Location")
             resp.read()
-            return self._follow(method, urllib.parse.urljoin(url, location), headers, what, hops - 1)
+            return self._follow(method, urllib.parse.urljoin(url, location), headers, what, scope, hops - 1)
         return resp
 
     def _auth_header(self, scope: str) -> str:
@@ -217,14 +234,12 @@ class Registry:
     def _authenticate(self, challenge: str, scope: str, what: str) -> bool:
         scheme, params = parse_www_authenticate(challenge)
         if scheme == "basic":
-            if not self.credentials or self.basic:
+            if not self.credentials:
                 return False
             self.basic = True
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
-        if scope in self.tokens:
-            return False  # a token we just got was refused: the scope is not allowed
         query = {"service": params.get("service", "")}
         if scope:
             query["scope"] = scope

@@ -451,6 +451,8 @@ def apply_change(config: dict[str, Any], change: str) -> None:
 def _key_values(arg: str, change: str) -> list[tuple[str, str]]:
     if "=" not in arg.split(" ", 1)[0]:
         key, _, value = arg.partition(" ")
+        if not value.strip():
+            raise StockadeError(f'--change "{change}": want KEY=VALUE or KEY VALUE')
         return [(key, value.strip())]
     out = []
     for item in _split_words(arg):
