@@ -53,6 +53,7 @@ bench: setup
 	$(VENV)/bin/python -m compileall -q src
 	$(VENV)/bin/python bench/runtime_bench.py
 	$(VENV)/bin/python bench/seccomp_bench.py
+	$(VENV)/bin/python bench/image_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
