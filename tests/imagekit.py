@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -117,6 +118,13 @@ def oci_layout(
     return digest
 
 
+def _no_verify() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,7 +134,7 @@ def free_port() -> int:
 class RegistryServer:
     """Debian's docker-registry on 127.0.0.1 with its own storage (and htpasswd if given)."""
 
-    def __init__(self, base: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, base: Path, users: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None) -> None:
         if shutil.which("docker-registry") is None:
             pytest.skip("needs Debian's docker-registry")
         self.base = base
@@ -141,10 +149,13 @@ class RegistryServer:
                 lines.append(out.stdout.strip())
             (base / "htpasswd").write_text("\n".join(lines) + "\n")
             auth = f"auth:\n  htpasswd:\n    realm: stockade-test\n    path: {base / 'htpasswd'}\n"
+        http = f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        if tls:
+            http += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
+        self.scheme = "https" if tls else "http"
         (base / "config.yml").write_text(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {base / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
+            f"    rootdirectory: {base / 'data'}\n  delete:\n    enabled: true\n{http}{auth}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -158,7 +169,7 @@ class RegistryServer:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                urllib.request.urlopen(f"{self.scheme}://{self.host}/v2/", timeout=1, context=_no_verify())
                 return
             except urllib.error.HTTPError:
                 return  # 401 with auth: it is up

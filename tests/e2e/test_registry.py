@@ -12,6 +12,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +279,73 @@ def test_basic_auth_login_logout(tmp_path: Path) -> None:
         assert run(root, "pull", f"{server.host}/priv/copy:1", check=False, env=env).returncode == 1
     finally:
         server.stop()
+
+
+def test_kill_9_at_any_moment_leaves_a_consistent_store(registry: RegistryServer, tmp_path: Path) -> None:
+    name = seed(registry, tmp_path)
+    root = tmp_path / "data"
+    for delay in (0.05, 0.2, 0.4, 0.8):
+        proc = subprocess.Popen(
+            [STOCKADE, "--root", str(root), "pull", "-q", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert run(root, "image", "verify").returncode == 0, f"after kill at {delay}s"
+    run(root, "pull", name)
+    assert run(root, "image", "verify").returncode == 0
+    run(root, "rmi", name)
+    run(root, "image", "prune")
+    store = root / "images"
+    assert not list((store / "blobs/sha256").iterdir()) and not list((store / "layers").iterdir())
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[tuple[RegistryServer, Path]]:
+    """docker-registry serving HTTPS only, with a self-signed certificate for 127.0.0.1."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(certs / "key.pem"),
+            "-out",
+            str(certs / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = RegistryServer(tmp_path / "tls-registry", tls=(certs / "cert.pem", certs / "key.pem"))
+    yield server, certs / "cert.pem"
+    server.stop()
+
+
+def test_https_registry(tls_registry: tuple[RegistryServer, Path], tmp_path: Path) -> None:
+    server, cert = tls_registry
+    layout = tmp_path / "layout"
+    oci_layout(layout, [tar_bytes([{"name": "tls", "data": "yes"}])], tag="seed")
+    skopeo(
+        "copy",
+        "--dest-cert-dir",
+        str(cert.parent),
+        "--dest-tls-verify=false",
+        f"oci:{layout}:seed",
+        f"docker://{server.host}/tls/img:1",
+    )
+    root = tmp_path / "data"
+    env = {"SSL_CERT_FILE": str(cert)}
+    run(root, "pull", f"{server.host}/tls/img:1", env=env)
+    run(root, "push", f"{server.host}/tls/img:1", f"{server.host}/tls/copy:1", env=env)
+    skopeo("inspect", "--tls-verify=false", f"docker://{server.host}/tls/copy:1")

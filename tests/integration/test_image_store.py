@@ -277,3 +277,23 @@ def test_zstd_and_uncompressed_layers_load(cli: Cli, tmp_path: Path) -> None:
     image = cli.store.lookup("me/zstd:1")
     assert image.manifest.layers[0].media_type.endswith("+zstd")
     assert (cli.store.layers / image.config.diff_ids[0].split(":")[1] / "diff/z/file").read_text() == "zstd layer"
+
+
+def test_many_layers_beyond_the_mount_option_limit(cli: Cli, tmp_path: Path) -> None:
+    """150 layers: their paths add up to far more than the 4 KiB a mount option string allows."""
+    layers = [tar_bytes([{"name": f"layer{i:03d}", "data": str(i)}, {"name": "top", "data": str(i)}]) for i in range(150)]
+    layout = tmp_path / "many"
+    oci_layout(layout, layers, tag="docker.io/me/many:1", compress=False)
+    archive = tmp_path / "many.tar"
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    cli("load", "-i", str(archive))
+    store = cli.store
+    image = store.lookup("me/many:1")
+    assert sum(len(str(store.layers / d.split(":")[1] / "diff")) + 1 for d in image.config.diff_ids) > 4096
+    for maps, name in (([], "plain"), (MAP, "mapped")):
+        fs = rootfs.prepare(store, image, tmp_path / name, maps, maps)
+        try:
+            assert (fs.target / "top").read_text() == "149"
+            assert len([n for n in os.listdir(fs.target) if n.startswith("layer")]) == 150
+        finally:
+            rootfs.release(fs.target)
