@@ -137,34 +137,13 @@ def main() -> int:
                 ),
             }
             if shutil.which("podman"):
+
+                def podman(d: Path, *args: str) -> None:
+                    store = ["--root", str(d / "root"), "--runroot", str(d / "run"), "--storage-driver", "overlay"]
+                    sh("podman", *store, *args)
+
                 results["podman pull"] = median_time(
-                    lambda d: (
-                        sh(
-                            "podman",
-                            "--root",
-                            str(d / "root"),
-                            "--runroot",
-                            str(d / "run"),
-                            "--storage-driver",
-                            "overlay",
-                            "pull",
-                            "-q",
-                            "--tls-verify=false",
-                            name,
-                        ),
-                        sh(
-                            "podman",
-                            "--root",
-                            str(d / "root"),
-                            "--runroot",
-                            str(d / "run"),
-                            "--storage-driver",
-                            "overlay",
-                            "rmi",
-                            "-a",
-                            "-f",
-                        ),
-                    ),
+                    lambda d: (podman(d, "pull", "-q", "--tls-verify=false", name), podman(d, "rmi", "-a", "-f")),
                     args.runs,
                 )
         finally:

@@ -281,7 +281,9 @@ def test_zstd_and_uncompressed_layers_load(cli: Cli, tmp_path: Path) -> None:
 
 def test_many_layers_beyond_the_mount_option_limit(cli: Cli, tmp_path: Path) -> None:
     """150 layers: their paths add up to far more than the 4 KiB a mount option string allows."""
-    layers = [tar_bytes([{"name": f"layer{i:03d}", "data": str(i)}, {"name": "top", "data": str(i)}]) for i in range(150)]
+    layers = [
+        tar_bytes([{"name": f"layer{i:03d}", "data": str(i)}, {"name": "top", "data": str(i)}]) for i in range(150)
+    ]
     layout = tmp_path / "many"
     oci_layout(layout, layers, tag="docker.io/me/many:1", compress=False)
     archive = tmp_path / "many.tar"

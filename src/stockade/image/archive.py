@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from stockade.image.layers import unpack_all
-from stockade.image.store import CHUNK, Image, ImageError, Store, file_lock
+from stockade.image.store import CHUNK, Image, ImageError, Store
 from stockade.image.unpack import decompressed
 from stockade.spec.image import (
     LAYER_COMPRESSION,
@@ -89,27 +89,8 @@ def _chunks(stream: Any) -> Iterator[bytes]:
 def store_uncompressed_layer(store: Store, source: IO[bytes], what: str) -> Descriptor:
     """Store a (possibly compressed) tar stream as an uncompressed layer blob; digest = diff_id."""
     peek = _Peekable(source)
-    compression = sniff_compression(peek.head)
-    tmp = store.ingest / f"import-{os.getpid()}-{time.monotonic_ns()}"
-    hasher = hashlib.sha256()
-    size = 0
-    try:
-        with open(tmp, "wb") as out, decompressed(peek, compression) as stream:  # type: ignore[arg-type]
-            for chunk in _chunks(stream):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = "sha256:" + hasher.hexdigest()
-        with file_lock(store.lock_path("blob", digest_hex(digest))):
-            if store.has_blob(digest):
-                tmp.unlink()
-            else:
-                store.commit_partial(tmp, digest, size, hasher, size, what)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with decompressed(peek, sniff_compression(peek.head)) as stream:  # type: ignore[arg-type]
+        digest, size = store.write_unknown_blob(_chunks(stream), what)
     return Descriptor(OCI_LAYER, digest, size)
 
 
@@ -351,26 +332,9 @@ def _load_docker(store: Store, tf: tarfile.TarFile, archive: Path) -> list[tuple
 def _store_layer_member(store: Store, f: IO[bytes], what: str) -> Descriptor:
     """A layer file from an archive stored as-is (compressed or not), verified by hashing."""
     peek = _Peekable(f)
-    compression = sniff_compression(peek.head)
-    hasher = hashlib.sha256()
-    tmp = store.ingest / f"load-{os.getpid()}-{time.monotonic_ns()}"
-    size = 0
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in _chunks(peek):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = "sha256:" + hasher.hexdigest()
-        with file_lock(store.lock_path("blob", digest_hex(digest))):
-            if not store.has_blob(digest):
-                store.commit_partial(tmp, digest, size, hasher, size, what)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return Descriptor(media_type_for(compression), digest, size)
+    media_type = media_type_for(sniff_compression(peek.head))
+    digest, size = store.write_unknown_blob(_chunks(peek), what)
+    return Descriptor(media_type, digest, size)
 
 
 def _load_oci(store: Store, tf: tarfile.TarFile, archive: Path, want: Platform) -> list[tuple[Image, list[Reference]]]:

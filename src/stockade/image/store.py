@@ -169,16 +169,8 @@ class Store:
             if self.has_blob(digest):
                 return
             partial = self.ingest / f"{digest_hex(digest)}.writing-{os.getpid()}"
-            hasher = hashlib.sha256()
-            written = 0
             try:
-                with open(partial, "wb") as out:
-                    for chunk in chunks:
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        written += len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
+                hasher, written = _spool(partial, chunks)
                 self.commit_partial(partial, digest, size, hasher, written, what)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -196,6 +188,20 @@ class Store:
         os.chmod(partial, 0o644)
         os.rename(partial, self.blob_path(digest))
         fsync_dir(self.blobs)
+
+    def write_unknown_blob(self, chunks: Iterable[bytes], what: str) -> tuple[str, int]:
+        """Store a stream whose digest is learnt while writing it (imports, archive layers)."""
+        tmp = self.ingest / f"unknown-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            hasher, size = _spool(tmp, chunks)
+            digest = "sha256:" + hasher.hexdigest()
+            with file_lock(self.lock_path("blob", digest_hex(digest))):
+                if not self.has_blob(digest):
+                    self.commit_partial(tmp, digest, size, hasher, size, what)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return digest, size
 
     def open_blob(self, digest: str, what: str = "blob") -> IO[bytes]:
         try:
@@ -318,6 +324,10 @@ class Store:
         for path in self.holds.iterdir() if self.holds.exists() else []:
             if path.name.startswith("."):
                 continue
+            if _stale_pull_hold(path.name):  # a pull killed before it could release its hold
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
             with contextlib.suppress(ValueError, OSError):
                 out[path.name] = json.loads(path.read_bytes())["manifest"]
         return out
@@ -401,9 +411,39 @@ class Store:
             if len(config.diff_ids) != len(manifest.layers):
                 problems.append(f"{name}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff_ids")
         for path in sorted(self.layers.iterdir()):
-            if not (path / "meta.json").exists():
+            # ".tmp-*" is an unpack in progress or one a kill interrupted: never used, and
+            # cleared by the next unpack of that layer or by prune.
+            if not path.name.startswith(".") and not (path / "meta.json").exists():
                 problems.append(f"layer {path.name}: incomplete unpacked layer")
         return problems
+
+
+def _stale_pull_hold(name: str) -> bool:
+    """Whether `name` is a pull's hold ("pull-PID-THREAD") whose process is gone."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != "pull" or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _spool(path: Path, chunks: Iterable[bytes]) -> tuple[Any, int]:
+    """Write chunks to a new file, hashing them; fsynced before returning (hasher, size)."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            hasher.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return hasher, size
 
 
 def _digest_matches(image: Image, ref: Reference) -> bool:
@@ -425,13 +465,3 @@ def _tree_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
     return total
-
-
-def default_root() -> Path:
-    env = os.environ.get("STOCKADE_IMAGE_ROOT")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/stockade/images")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data) / "stockade" / "images"
