@@ -126,12 +126,9 @@ def cmd_ls(store: Store, argv: list[str]) -> int:
                 continue
             rows.append((image, name))
     if args.quiet:
-        seen = []
-        for image, _name in rows:
-            ident = image.id if args.no_trunc else image.short_id
-            if ident not in seen:
-                seen.append(ident)
-        print("\n".join(seen)) if seen else None
+        idents = dict.fromkeys(image.id if args.no_trunc else image.short_id for image, _name in rows)
+        if idents:
+            print("\n".join(idents))
         return 0
     if args.format == "json":
         out = [_ls_json(store, image, name) for image, name in rows]
@@ -313,8 +310,9 @@ def cmd_rm(store: Store, argv: list[str]) -> int:
 
 def _remove_one(store: Store, text: str, force: bool) -> None:
     image = store.lookup(text)
+    # A pull in progress holds the image too, but it is not a container using it.
     users = [h for h, d in store.holders().items() if d == image.manifest_digest and not h.startswith("pull-")]
-    by_id = text.removeprefix("sha256:") and digest_hex(image.id).startswith(text.removeprefix("sha256:"))
+    by_id = digest_hex(image.id).startswith(text.removeprefix("sha256:"))
     targets = list(image.names) if by_id or len(image.names) <= 1 else [parse_reference(text)]
     if by_id and len(image.names) > 1 and not force:
         raise ImageError(

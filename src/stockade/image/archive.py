@@ -22,6 +22,7 @@ from stockade.image.layers import unpack_all
 from stockade.image.store import CHUNK, Image, ImageError, Store
 from stockade.image.unpack import decompressed
 from stockade.spec.image import (
+    INDEX_TYPES,
     LAYER_COMPRESSION,
     OCI_CONFIG,
     OCI_INDEX,
@@ -42,6 +43,7 @@ from stockade.spec.image import (
     parse_manifest,
     parse_reference,
     pick_platform,
+    store_form,
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -122,15 +124,7 @@ def import_tarball(
     unpack_all(store, manifest.layers, [layer.digest])  # validates the tar (safely) now
     if ref is not None:
         store.set_name(ref, digest, len(manifest.to_bytes()))
-    return _image(store, digest)
-
-
-def _image(store: Store, manifest_digest: str) -> Image:
-    for image in store.images():
-        if image.manifest_digest == manifest_digest:
-            return image
-    manifest = store.load_manifest(manifest_digest)
-    return Image(manifest_digest, manifest, store.load_config(manifest), [], [])
+    return store.image(digest)
 
 
 # save ----------------------------------------------------------------------------------------
@@ -318,15 +312,18 @@ def _load_docker(store: Store, tf: tarfile.TarFile, archive: Path) -> list[tuple
             layers.append(layer)
         tags = [parse_reference(t) for t in entry.get("RepoTags") or []]
         config_desc = Descriptor(OCI_CONFIG, store.put_bytes(config_bytes), len(config_bytes))
-        manifest_doc = Manifest(config_desc, layers)
-        data = manifest_doc.to_bytes()
-        digest = store.put_bytes(data)
-        image = _image(store, digest)
-        unpack_all(store, image.manifest.layers, image.config.diff_ids)
-        for tag in tags:
-            store.set_name(tag, digest, len(data))
-        loaded.append((_image(store, digest), tags))
+        loaded.append(_land(store, Manifest(config_desc, layers).to_bytes(), tags))
     return loaded
+
+
+def _land(store: Store, manifest_bytes: bytes, tags: list[Reference]) -> tuple[Image, list[Reference]]:
+    """Store a loaded image's manifest (its blobs are in already), unpack it, then name it."""
+    digest = store.put_bytes(manifest_bytes)
+    image = store.image(digest)
+    unpack_all(store, image.manifest.layers, image.config.diff_ids)
+    for tag in tags:
+        store.set_name(tag, digest, len(manifest_bytes))
+    return store.image(digest), tags
 
 
 def _store_layer_member(store: Store, f: IO[bytes], what: str) -> Descriptor:
@@ -352,23 +349,18 @@ def _load_oci(store: Store, tf: tarfile.TarFile, archive: Path, want: Platform) 
     loaded = []
     for i, entry in enumerate(parse_index(index, f"{archive}: index.json")):
         where = f"{archive}: index.json manifests[{i}]"
-        doc = load_json(blob_bytes(entry, where), where)
-        if media_type_of(doc) in (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"):
+        # A bare tag ("latest") names no repository: only full references become names.
+        name = entry.annotations.get(REF_NAME_ANNOTATION, "")
+        tags = [parse_reference(name)] if "/" in name else []
+        data = blob_bytes(entry, where)
+        doc = load_json(data, where)
+        if media_type_of(doc) in INDEX_TYPES:
             entry = pick_platform(parse_index(doc, where), want, where)
-            doc = load_json(blob_bytes(entry, where), where)
+            data = blob_bytes(entry, where)
+            doc = load_json(data, where)
         manifest = parse_manifest(doc, where)
         blob(manifest.config.digest, manifest.config.size, f"{where} config")
         for j, layer in enumerate(manifest.layers):
             blob(layer.digest, layer.size, f"{where} layer[{j}]")
-        data = manifest.to_bytes()  # OCI media types (a Docker manifest converts)
-        digest = store.put_bytes(data)
-        image = _image(store, digest)
-        unpack_all(store, image.manifest.layers, image.config.diff_ids)
-        tags = []
-        name = entry.annotations.get(REF_NAME_ANNOTATION, "")
-        if "/" in name:
-            tags.append(parse_reference(name))
-        for tag in tags:
-            store.set_name(tag, digest, len(data))
-        loaded.append((_image(store, digest), tags))
+        loaded.append(_land(store, store_form(data, doc, manifest), tags))
     return loaded

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,10 +27,6 @@ from stockade.spec.runtime import IDMapping
 
 def layer_dir(store: Store, diff_id: str) -> Path:
     return store.layers / digest_hex(diff_id)
-
-
-def is_unpacked(store: Store, diff_id: str) -> bool:
-    return (layer_dir(store, diff_id) / "meta.json").exists()
 
 
 def unpack_layer(store: Store, layer: Descriptor, diff_id: str) -> Path:
@@ -100,6 +98,21 @@ def shift_id(value: int, maps: list[IDMapping]) -> int:
     return 65534
 
 
+def shift_tree(root: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
+    """Shift the owner of `root` and everything below it into the ID maps, keeping set-id bits."""
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            _shift(os.path.join(dirpath, name), uid_maps, gid_maps)
+    _shift(str(root), uid_maps, gid_maps)
+
+
+def _shift(path: str, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
+    st = os.lstat(path)
+    os.chown(path, shift_id(st.st_uid, uid_maps), shift_id(st.st_gid, gid_maps), follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
+        os.chmod(path, st.st_mode & 0o7777)  # chown cleared the set-id bits
+
+
 def mapped_copy(store: Store, diff_id: str, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> Path:
     """A copy of the unpacked layer with every owner shifted into the ID map (made once per map)."""
     base = layer_dir(store, diff_id)
@@ -112,21 +125,10 @@ def mapped_copy(store: Store, diff_id: str, uid_maps: list[IDMapping], gid_maps:
         tmp = base / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            import subprocess
-
             subprocess.run(
                 ["cp", "-a", "--reflink=auto", str(base / "diff"), str(tmp)], check=True, capture_output=True
             )
-            for dirpath, dirs, files in os.walk(tmp):
-                for name in [*dirs, *files]:
-                    path = os.path.join(dirpath, name)
-                    st = os.lstat(path)
-                    mode = st.st_mode
-                    os.chown(path, shift_id(st.st_uid, uid_maps), shift_id(st.st_gid, gid_maps), follow_symlinks=False)
-                    if not os.path.islink(path) and mode & 0o6000:
-                        os.chmod(path, mode & 0o7777)  # chown cleared set-id bits
-            st = os.lstat(tmp)
-            os.chown(tmp, shift_id(st.st_uid, uid_maps), shift_id(st.st_gid, gid_maps))
+            shift_tree(tmp, uid_maps, gid_maps)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

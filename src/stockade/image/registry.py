@@ -327,8 +327,8 @@ class Client:
             return resp.status == 200
         raise RegistryError(error_text(resp, self.ref, f"blob {digest}"))
 
-    def fetch_blob(self, digest: str, offset: int = 0) -> tuple[Iterator[bytes], int, bool]:
-        """(chunks, total size, resumed?) of a blob from `offset` (Range, if the registry allows)."""
+    def fetch_blob(self, digest: str, offset: int = 0) -> tuple[Iterator[bytes], bool]:
+        """(chunks, resumed?) of a blob from `offset` (Range, if the registry allows)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = self.registry.request(
             "GET", f"{self.base}/blobs/{digest}", scope_for(self.ref), headers, what=str(self.ref)
@@ -339,8 +339,6 @@ class Client:
         if resp.status not in (200, 206):
             raise RegistryError(error_text(resp, self.ref, f"blob {digest}"))
         resumed = resp.status == 206
-        length = int(resp.header("Content-Length") or -1)
-        total = length + (offset if resumed else 0) if length >= 0 else -1
 
         def chunks() -> Iterator[bytes]:
             while True:
@@ -352,7 +350,7 @@ class Client:
                     return
                 yield data
 
-        return chunks(), total, resumed
+        return chunks(), resumed
 
     # Push ------------------------------------------------------------------------------------
     def mount_blob(self, digest: str, source_repo: str) -> bool:

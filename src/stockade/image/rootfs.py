@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.errors import StockadeError
-from stockade.image.layers import layer_dir, mapped_copy, shift_id, unpack_all
+from stockade.image.layers import mapped_copy, shift_id, shift_tree, unpack_all
 from stockade.image.store import Image, Store
 from stockade.image.unpack import OVERLAY_OPAQUE_XATTR
 from stockade.kernel import mounts
@@ -162,15 +162,7 @@ def _copy_rootfs(lowers: list[Path], target: Path, uid_maps: list[IDMapping], gi
     for layer in reversed(lowers):  # bottom first
         _apply_layer_copy(layer, target)
     if uid_maps:
-        for dirpath, dirs, files in os.walk(target):
-            for name in [*dirs, *files]:
-                path = os.path.join(dirpath, name)
-                st = os.lstat(path)
-                os.chown(path, shift_id(st.st_uid, uid_maps), shift_id(st.st_gid, gid_maps), follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
-                    os.chmod(path, st.st_mode & 0o7777)
-        st = os.lstat(target)
-        os.chown(target, shift_id(st.st_uid, uid_maps), shift_id(st.st_gid, gid_maps))
+        shift_tree(target, uid_maps, gid_maps)
     return Rootfs(target, "copy", "chown-copy" if uid_maps else "none", None, lowers)
 
 
@@ -271,7 +263,3 @@ def diff(upper: Path, lowers: list[Path]) -> list[tuple[str, str]]:
             else:
                 changes.append(("A", "/" + rel))
     return sorted(changes, key=lambda c: c[1])
-
-
-def layer_root(store: Store, diff_id: str) -> Path:
-    return layer_dir(store, diff_id) / "diff"

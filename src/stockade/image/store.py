@@ -254,7 +254,8 @@ class Store:
         digest = manifest.config.digest
         return parse_config(load_json(self.read_blob(digest, "config"), f"config {digest}"), f"config {digest}")
 
-    def images(self) -> list[Image]:
+    def _names(self) -> dict[str, tuple[list[Reference], list[str]]]:
+        """manifest digest -> (names, repo digests), from index.json alone."""
         by_digest: dict[str, tuple[list[Reference], list[str]]] = {}
         for entry in self.entries():
             names, repo_digests = by_digest.setdefault(entry.digest, ([], []))
@@ -265,11 +266,18 @@ class Store:
             repo_digest = entry.annotations.get(REPO_DIGEST_ANNOTATION)
             if repo_digest and repo_digest not in repo_digests:
                 repo_digests.append(repo_digest)
-        out = []
-        for digest, (names, repo_digests) in by_digest.items():
-            manifest = self.load_manifest(digest)
-            out.append(Image(digest, manifest, self.load_config(manifest), names, repo_digests))
-        return out
+        return by_digest
+
+    def _build(self, digest: str, names: list[Reference], repo_digests: list[str]) -> Image:
+        manifest = self.load_manifest(digest)
+        return Image(digest, manifest, self.load_config(manifest), names, repo_digests)
+
+    def images(self) -> list[Image]:
+        return [self._build(digest, *named) for digest, named in self._names().items()]
+
+    def image(self, manifest_digest: str) -> Image:
+        """One stored image by manifest digest (named or not), without loading the others."""
+        return self._build(manifest_digest, *self._names().get(manifest_digest, ([], [])))
 
     def lookup(self, text: str) -> Image:
         """An image by name (busybox, busybox:1, docker.io/library/busybox@sha256:..), ID or ID prefix."""

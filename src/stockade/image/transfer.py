@@ -27,7 +27,6 @@ from stockade.spec.image import (
     DOCKER_MANIFEST,
     INDEX_TYPES,
     MANIFEST_TYPES,
-    OCI_MANIFEST,
     Descriptor,
     Platform,
     Reference,
@@ -39,6 +38,7 @@ from stockade.spec.image import (
     parse_index,
     parse_manifest,
     pick_platform,
+    store_form,
 )
 
 JOBS = 4
@@ -111,19 +111,17 @@ def pull(
     want = platform_want or host_platform(platform.machine())
     try:
         with Progress(quiet) as progress:
-            data, media_type, repo_digest = client.get_manifest(ref.reference)
-            media_type = media_type or media_type_of(load_json(data, f"{ref.familiar}: manifest"))
+            # The document's own mediaType (or its shape) decides what it is, not Content-Type.
+            data, _, repo_digest = client.get_manifest(ref.reference)
             doc = load_json(data, f"{ref.familiar}: manifest")
-            if media_type in INDEX_TYPES or media_type_of(doc) in INDEX_TYPES:
+            if media_type_of(doc) in INDEX_TYPES:
                 entry = pick_platform(parse_index(doc, f"{ref.familiar}: index"), want, ref.familiar)
-                data, media_type, _ = client.get_manifest(entry.digest)
+                data, _, _ = client.get_manifest(entry.digest)
                 doc = load_json(data, f"{ref.familiar}: manifest {entry.digest}")
             if media_type_of(doc) not in MANIFEST_TYPES:
                 raise ImageError(f"{ref.familiar}: unsupported manifest media type {media_type_of(doc)!r}")
             manifest = parse_manifest(doc, f"{ref.familiar}: manifest")
-            # OCI manifests are kept byte for byte (a push gives back the same digest); Docker
-            # schema 2 ones are rewritten with OCI media types: same blobs, one kind in the store.
-            stored = data if media_type_of(doc) == OCI_MANIFEST else manifest.to_bytes()
+            stored = store_form(data, doc, manifest)
             digest = "sha256:" + hashlib.sha256(stored).hexdigest()
             holder = f"pull-{os.getpid()}-{threading.get_ident()}"
             store.hold(holder, digest)
@@ -151,13 +149,12 @@ def pull(
             progress.line(f"Digest: {repo_digest}")
     finally:
         registry.close()
-    image = store.lookup(str(ref))
-    return PullResult(image, repo_digest)
+    return PullResult(store.image(digest), repo_digest)
 
 
 def fetch_small_blob(store: Store, client: Client, desc: Descriptor, what: str) -> bytes:
     if not store.has_blob(desc.digest):
-        chunks, _total, _ = client.fetch_blob(desc.digest)
+        chunks, _ = client.fetch_blob(desc.digest)
         store.write_blob(desc.digest, desc.size, chunks, f"{client.ref.familiar}: {what}")
     return store.read_blob(desc.digest, what)
 
@@ -174,7 +171,7 @@ def fetch_blob(store: Store, client: Client, desc: Descriptor, progress: Progres
         partial = store.ingest / f"{hexid}.partial"
         hasher = hashlib.sha256()
         offset = _rehash_partial(partial, hasher, desc.size)
-        chunks, _total, resumed = client.fetch_blob(desc.digest, offset)
+        chunks, resumed = client.fetch_blob(desc.digest, offset)
         if not resumed and offset:
             hasher, offset = hashlib.sha256(), 0
         progress.start(desc.digest, desc.size, "Copying blob")

@@ -214,7 +214,7 @@ class Extractor:
         self.entries += 1
         if path == "":
             if member.isdir():
-                self.apply_dir_meta(self.root_fd, ".", member)
+                self.apply_dir_meta(self.root_fd, "", member)
             return
         pfd = self.parent_fd(parent, member.name)
         if member.isdir():
@@ -313,12 +313,10 @@ class Extractor:
         os.chmod(base, member.mode & 0o7777, dir_fd=pfd, follow_symlinks=True)
         os.utime(base, ns=_mtime_ns(member), dir_fd=pfd, follow_symlinks=False)
 
-    def apply_dir_meta(self, fd: int | str, path: str, member: tarfile.TarInfo) -> None:
-        target = self.root_fd if fd == "." else fd
-        assert isinstance(target, int)
+    def apply_dir_meta(self, fd: int, path: str, member: tarfile.TarInfo) -> None:
         if self.privileged:
-            os.fchown(target, member.uid, member.gid)
-        self.xattrs(target, member, follow=True)
+            os.fchown(fd, member.uid, member.gid)
+        self.xattrs(fd, member, follow=True)
         # Mode and mtime last: a read-only directory must still take its children, and
         # creating them would change the mtime.
         self.dir_attrs.append((path, member.mode & 0o7777, _mtime_ns(member)))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 
 from stockade.kernel.libc import check, libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the runtime's start-up path imports this module: no typing imports
+    from collections.abc import Callable
 
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000

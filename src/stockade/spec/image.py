@@ -313,6 +313,12 @@ def parse_manifest(doc: dict[str, Any], what: str) -> Manifest:
     return Manifest(config, layers, dict(doc.get("annotations") or {}))
 
 
+def store_form(data: bytes, doc: dict[str, Any], manifest: Manifest) -> bytes:
+    """The bytes the store keeps for a manifest: an OCI one byte for byte (so pushing it gives
+    the same digest back), a Docker schema 2 one rewritten with OCI media types (same blobs)."""
+    return data if media_type_of(doc) == OCI_MANIFEST else manifest.to_bytes()
+
+
 def parse_index(doc: dict[str, Any], what: str) -> list[Descriptor]:
     entries = doc.get("manifests")
     if not isinstance(entries, list):
