@@ -3,7 +3,6 @@ load, import, history, login, logout)."""
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import os
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stockade.cli.common import UsageError, _go_template, _Parser, _parser  # noqa: F401 - re-exported
 from stockade.cli.format import human_ago, human_size, parse_time, table, truncate
 from stockade.errors import StockadeError
 from stockade.image.store import Image, ImageError, Store
@@ -43,19 +43,6 @@ SUBCOMMANDS = (
     "verify",
     "build-base",
 )
-
-
-class UsageError(StockadeError):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, our format, exit 125 like docker
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _parser(prog: str) -> _Parser:
-    return _Parser(prog=prog, add_help=True)
 
 
 def image_size(store: Store, image: Image) -> int:
@@ -211,27 +198,6 @@ def cmd_inspect(store: Store, argv: list[str]) -> int:
     else:
         print(json.dumps(docs, indent=4))
     return 0
-
-
-def _go_template(fmt: str, doc: dict[str, Any]) -> str:
-    """The common `{{.Field.Sub}}` and `{{json .Field}}` forms of Go templates."""
-    import re
-
-    def value(path: str) -> Any:
-        cur: Any = doc
-        for part in path.strip(".").split("."):
-            if part:
-                cur = cur.get(part) if isinstance(cur, dict) else None
-        return cur
-
-    def sub(m: re.Match[str]) -> str:
-        expr = m.group(1).strip()
-        if expr.startswith("json "):
-            return json.dumps(value(expr[5:].strip()))
-        v = value(expr)
-        return json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else str(v))
-
-    return re.sub(r"\{\{(.*?)\}\}", sub, fmt)
 
 
 def cmd_history(store: Store, argv: list[str]) -> int:

@@ -9,6 +9,7 @@ usage error, as docker does); --debug adds the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,25 @@ Images:
   image inspect|ls|rm|prune|verify|build-base ...
   login / logout SERVER  store or remove registry credentials
 
+Containers (also as `stockade container COMMAND`):
+  run IMAGE [CMD...]     create and start a container (-d, -it, --rm, --name, -v, -e, ...)
+  create / start / stop / restart / kill / rm / wait / pause / unpause / rename
+  ps                     list containers (-a, -q, --filter, --format)
+  logs CTR               show a container's output (-f, --tail, --since, -t)
+  exec CTR CMD...        run a command in a running container (-it, -d, -u, -e, -w)
+  attach CTR             attach to a running container (detach: Ctrl-P Ctrl-Q)
+  inspect / top / stats / port / diff / cp / export / commit / container prune
+  volume create|ls|inspect|rm|prune
+
 Other:
   version, info
 """
+
+
+CONTAINER_SHORT_FORMS = {
+    "run", "create", "start", "stop", "kill", "restart", "rm", "ps", "logs", "exec", "attach", "inspect", "wait",
+    "pause", "unpause", "rename", "top", "stats", "port", "diff", "cp", "export", "commit",
+}  # fmt: skip
 
 
 def data_root(flag: str | None) -> Path:
@@ -66,9 +83,20 @@ def _split_globals(args: list[str]) -> tuple[str | None, bool, list[str]]:
 
 
 def dispatch(root: Path, args: list[str]) -> int:
-    from stockade.cli import image
-
     command, rest = args[0], args[1:]
+    if command in ("container", "volume"):
+        from stockade.cli import container
+
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: stockade {command} COMMAND ... (see stockade --help)")
+            return 0 if rest else 125
+        return container.run(root, rest[0] if command == "container" else f"volume {rest[0]}", rest[1:])
+    if command in CONTAINER_SHORT_FORMS:
+        from stockade.cli import container
+
+        return container.run(root, command, rest)
+    from stockade.cli import image  # (after the container commands: it costs ~20 ms of imports)
+
     if command in ("version", "--version", "-v"):
         print(f"stockade version {__version__}")
         return 0
@@ -106,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        from stockade.cli.image import UsageError
+        from stockade.cli.common import UsageError
 
         print(f"stockade: {exc}", file=sys.stderr)
         return 125 if isinstance(exc, UsageError) else 1
+    except BrokenPipeError:  # `stockade export CTR | head`: the reader left, nothing to report
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 141
     except OSError as exc:
         if debug:
             import traceback

@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from stockade.image.store import DigestMismatch, Store, atomic_write, file_lock
@@ -70,6 +69,8 @@ def unpack_layer(store: Store, layer: Descriptor, diff_id: str) -> Path:
 
 def unpack_all(store: Store, layers: list[Descriptor], diff_ids: list[str], jobs: int = 2) -> list[Path]:
     """Unpack every layer of an image (in parallel: decompression and hashing release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if len(layers) != len(diff_ids):
         raise DigestMismatch(f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
     if len(layers) <= 1 or jobs <= 1:

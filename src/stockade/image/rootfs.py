@@ -157,6 +157,22 @@ def _mount_idmapped_overlay(
         os.close(userns)
 
 
+def attach_idmapped(source: Path, target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
+    """Bind `source` on `target`, its files seen through the ID maps (a plain bind without maps):
+    a volume stored with container IDs then shows them as this container's host IDs."""
+    tree = mounts.open_tree(-100, str(source), mounts.OPEN_TREE_CLONE | mounts.OPEN_TREE_CLOEXEC)
+    try:
+        if uid_maps:
+            userns = user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
+            try:
+                mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=userns)
+            finally:
+                os.close(userns)
+        mounts.move_mount(tree, "", -100, str(target), mounts.MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)
+
+
 # The copy driver ----------------------------------------------------------------------------
 def _copy_rootfs(lowers: list[Path], target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> Rootfs:
     for layer in reversed(lowers):  # bottom first

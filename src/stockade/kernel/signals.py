@@ -19,6 +19,10 @@ SIGUSR2: int = _signal.SIGUSR2
 SIGTERM: int = _signal.SIGTERM
 SIGWINCH: int = _signal.SIGWINCH
 NSIG: int = _signal.NSIG
+SIGPIPE: int = _signal.SIGPIPE
+SIGCHLD: int = _signal.SIGCHLD
+SIG_IGN: int = _signal.SIG_IGN
+SIG_DFL: int = _signal.SIG_DFL
 
 FORWARDED = (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2)
 

@@ -1,0 +1,485 @@
+"""The monitor: one small supervisor per running container (conmon's job).
+
+Forked by the monitor host (engine.host) into its own session, it:
+  1. mounts the container's root filesystem and volumes     - stopped containers hold no mounts
+  2. gives the container its stdio: pipes, or a pty whose master it keeps
+  3. creates and starts the container with the runtime in-process (or crun/runc)
+  4. serves its socket: attach clients, stop/kill requests; copies output to the log
+     and to attached clients; input from the client that attached stdin to the container
+  5. on exit: exit code, OOM kill (read before the cgroup goes), finish time -> state.json;
+     unmounts; applies the restart policy (back to 1) or, for --rm, removes the container
+The CLI can die at any moment: everything a command needs is in state.json and ctr.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from stockade.engine import stream
+from stockade.engine.containers import Container, Containers, now_rfc3339
+from stockade.engine.logs import LogWriter
+from stockade.errors import StockadeError
+from stockade.kernel import process as kproc
+from stockade.kernel import signals
+
+BACKOFF_START = 0.1
+BACKOFF_MAX = 60.0
+
+
+class Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = stream.FrameReader()
+        self.wants: dict[str, Any] = {}
+        self.waiting_exit = False
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+
+def exit_code_for_start_error(message: str) -> int:
+    text = message.lower()
+    if "not found" in text or "no such file" in text:
+        return 127
+    if "permission denied" in text:
+        return 126
+    return 128
+
+
+class Monitor:
+    def __init__(self, root: Path, runroot: Path, cid: str) -> None:
+        self.root = root
+        self.runtime_root = str(runroot / "runtime")
+        self.ctr: Container = Containers(root).load(cid)
+        self.clients: list[Client] = []
+        self.listener: socket.socket | None = None
+        self.stop_requested = False
+        self.kill_deadline: float | None = None
+        self.stdin_fd: int | None = None
+        self.outputs: dict[int, str] = {}
+        self.master: int | None = None
+        self.mounted: list[str] = []
+        self.log: LogWriter | None = None
+        self.pid = 0
+
+    # -- the whole life ----------------------------------------------------------------------
+    def run(self, first: socket.socket | None) -> None:
+        ctr = self.ctr
+        os.chdir(ctr.dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("monitor.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind("monitor.sock")  # relative: container paths can exceed sun_path
+        self.listener.listen(16)
+        if first is not None:
+            self._add_client(first)
+        policy = ctr.record["HostConfig"]["RestartPolicy"]
+        ctr.state.update(
+            Status="starting", MonitorPid=os.getpid(), MonitorStartTime=kproc.proc_start_time(os.getpid()) or 0,
+            Error="", RestartCount=0,  # a manual start resets the count, as Docker's does
+        )  # fmt: skip
+        ctr.save_state()
+        lc = ctr.record["HostConfig"]["LogConfig"]["Config"]
+        self.log = LogWriter(ctr.log_path, int(lc.get("max-size", 0)), int(lc.get("max-file", 1)))
+        backoff = BACKOFF_START
+        while True:
+            started = time.monotonic()
+            code, _oom = self._run_once()
+            if code is None:  # it never started
+                break
+            if not self._should_restart(policy, code):
+                break
+            ctr.state.update(Status="restarting", RestartCount=int(ctr.state.get("RestartCount", 0)) + 1)
+            ctr.save_state()
+            backoff = BACKOFF_START if time.monotonic() - started > 10 else min(backoff * 2, BACKOFF_MAX)
+            if not self._serve_for(backoff):
+                break  # stopped while waiting to restart
+        self._finish()
+
+    def _should_restart(self, policy: dict[str, Any], code: int) -> bool:
+        name = policy.get("Name", "no")
+        if self.stop_requested or name == "no":
+            return False
+        if name == "on-failure":
+            retries = int(policy.get("MaximumRetryCount", 0))
+            return code != 0 and (not retries or int(self.ctr.state.get("RestartCount", 0)) < retries)
+        return True  # always, unless-stopped
+
+    def _finish(self) -> None:
+        ctr = self.ctr
+        if self.log is not None:
+            self.log.close()
+        if ctr.record["HostConfig"].get("AutoRemove"):
+            from stockade.engine.lifecycle import remove_stopped
+
+            with contextlib.suppress(Exception):
+                remove_stopped(self.root, ctr, volumes=True)
+        exit_msg = stream.json_frame(
+            stream.EXIT, {"code": ctr.state.get("ExitCode", 0), "oom": ctr.state.get("OOMKilled", False)}
+        )
+        for client in self.clients:
+            client.send(exit_msg)
+            client.sock.close()
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(ctr.dir / "monitor.sock")
+
+    # -- one run of the container --------------------------------------------------------------
+    def _run_once(self) -> tuple[int | None, bool]:
+        ctr = self.ctr
+        try:
+            self._mount()
+            state = self._create_and_start()
+        except (StockadeError, OSError) as exc:
+            message = str(exc) if isinstance(exc, StockadeError) else f"{exc.filename or ''}: {exc.strerror}"
+            code = exit_code_for_start_error(message)
+            self._unmount()
+            ctr.state.update(Status="exited", ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
+            ctr.save_state()
+            for client in self.clients:
+                client.send(stream.frame(stream.ERROR, message.encode()))
+            return None, False
+        ctr.state.update(
+            Status="running", Pid=state.pid, StartTime=state.start_time, StartedAt=now_rfc3339(),
+            CgroupPaths=state.cgroup_paths, FinishedAt="", ExitCode=0, OOMKilled=False, Error="",
+        )  # fmt: skip
+        ctr.save_state()
+        started = stream.json_frame(stream.STARTED, {"pid": state.pid})
+        for client in self.clients:
+            client.send(started)
+        code = self._serve_until_exit(state)
+        oom = self._destroy(state)
+        self._unmount()
+        ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
+        ctr.save_state()
+        return code, oom
+
+    def _mount(self) -> None:
+        from stockade.engine.create import store_of
+        from stockade.engine.volumes import Volumes
+        from stockade.image.rootfs import attach_idmapped, prepare
+        from stockade.spec.runtime import IDMapping
+
+        ctr = self.ctr
+        store = store_of(self.root)
+        image = store.image(ctr.record["ImageManifest"])
+        idmap = ctr.record.get("IDMap")
+        maps: tuple[list[IDMapping], list[IDMapping]] = ([], [])
+        if idmap:
+            maps = ([IDMapping(0, idmap["UidStart"], idmap["Size"])], [IDMapping(0, idmap["GidStart"], idmap["Size"])])
+        rootfs = prepare(store, image, ctr.dir, *maps)
+        self.mounted.append(str(rootfs.target))
+        ctr.state["Driver"], ctr.state["IDMapping"] = rootfs.driver, rootfs.idmap
+        volumes = Volumes(self.root)
+        for i, m in enumerate(ctr.record["HostConfig"]["Mounts"]):
+            if m["Type"] != "volume":
+                continue
+            vol = volumes.get(m["Source"])
+            if idmap:
+                volumes.seed(vol.name, rootfs.target / m["Target"].lstrip("/"), idmap["UidStart"], idmap["GidStart"])
+            else:
+                volumes.seed(vol.name, rootfs.target / m["Target"].lstrip("/"), 0, 0)
+            point = ctr.dir / "volumes" / str(i)
+            point.mkdir(parents=True, exist_ok=True)
+            attach_idmapped(vol.data, point, *maps)
+            self.mounted.append(str(point))
+
+    def _unmount(self) -> None:
+        from stockade.kernel import mounts
+
+        for target in reversed(self.mounted):
+            with contextlib.suppress(OSError):
+                mounts.umount2(target, mounts.MNT_DETACH)
+        self.mounted = []
+
+    def _create_and_start(self) -> Any:
+        from stockade.runtime.container import _create, start
+
+        ctr = self.ctr
+        tty = bool(ctr.record["Config"]["Tty"])
+        open_stdin = bool(ctr.record["Config"]["OpenStdin"])
+        from stockade.runtime.create import CreateOptions
+
+        opts = CreateOptions()
+        saved = [os.dup(fd) for fd in (0, 1, 2)]
+        ours: list[int] = []
+        proxy = None
+        try:
+            if tty:
+                from stockade.runtime.console import ConsoleProxy
+
+                proxy = ConsoleProxy()
+                opts.console_fd = proxy.child_end
+            else:
+                if open_stdin:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    os.dup2(r, 0)
+                    os.close(r)
+                    self.stdin_fd = w
+                for fd, name in ((1, "stdout"), (2, "stderr")):
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    os.dup2(w, fd)
+                    os.close(w)
+                    self.outputs[r] = name
+                    ours.append(r)
+            from stockade.runtime.container import delete
+
+            with contextlib.suppress(StockadeError):
+                delete(self.runtime_root, ctr.id, force=True)  # a leftover from a killed monitor
+            state, config, _ = _create(self.runtime_root, ctr.id, str(ctr.dir), opts)
+        except BaseException:
+            for fd in ours + ([self.stdin_fd] if self.stdin_fd is not None else []):
+                os.close(fd)
+            self.outputs, self.stdin_fd = {}, None
+            raise
+        finally:
+            for fd, old in zip((0, 1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
+        if proxy is not None:
+            proxy.receive_master()
+            self.master = proxy.master
+            self.outputs[self.master] = "stdout"
+            self.stdin_fd = self.master
+            size = self.ctr.state.pop("ConsoleSize", None)
+            if size:
+                self._resize(size)
+        try:
+            start(self.runtime_root, ctr.id, config)
+        except BaseException:
+            from stockade.runtime.container import delete
+
+            with contextlib.suppress(StockadeError):
+                delete(self.runtime_root, ctr.id, force=True, config=config)
+            self._close_stdio()
+            raise
+        return state
+
+    def _close_stdio(self) -> None:
+        for fd in list(self.outputs):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.stdin_fd is not None and self.stdin_fd not in self.outputs:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_fd)
+        self.outputs, self.stdin_fd, self.master = {}, None, None
+
+    def _destroy(self, state: Any) -> bool:
+        """OOM kills are read before the runtime removes the cgroup, or they are lost."""
+        from stockade.runtime.container import cgroup_manager, destroy
+
+        oom = False
+        manager = cgroup_manager(state)
+        if manager is not None:
+            with contextlib.suppress(OSError, StockadeError):
+                oom = manager.oom_kills() > 0
+        with contextlib.suppress(StockadeError, OSError):
+            destroy(state)
+        return oom
+
+    # -- the event loop ------------------------------------------------------------------------
+    def _serve_until_exit(self, state: Any) -> int:
+        self.pid = state.pid
+        pidfd = kproc.pidfd_open(state.pid)
+        code: int | None = None
+        try:
+            while code is None:
+                self._poll([pidfd], self._timeout())
+                if self.kill_deadline is not None and time.monotonic() >= self.kill_deadline:
+                    self._signal(signals.SIGKILL)
+                    self.kill_deadline = None
+                code = self._reap(state.pid)
+        finally:
+            os.close(pidfd)
+        self._drain()
+        self._close_stdio()
+        self.kill_deadline = None
+        return code
+
+    def _serve_for(self, seconds: float) -> bool:
+        """Serve clients while waiting to restart; False if a stop came in."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._poll([], deadline - time.monotonic())
+            if self.stop_requested:
+                return False
+        return True
+
+    def _timeout(self) -> float | None:
+        if self.kill_deadline is None:
+            return None
+        return max(0.0, self.kill_deadline - time.monotonic())
+
+    def _reap(self, pid: int) -> int | None:
+        code = None
+        while True:
+            try:
+                got, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # not our child after all: it is gone when its start time is
+                return code if code is not None or kproc.proc_start_time(pid) else 255
+            if got == 0:
+                return code
+            if got == pid:
+                code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+    def _poll(self, extra: list[int], timeout: float | None) -> None:
+        fds = [*self.outputs, *extra]
+        socks = {c.sock.fileno(): c for c in self.clients}
+        assert self.listener is not None
+        try:
+            ready, _, _ = select.select([self.listener.fileno(), *fds, *socks], [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in ready:
+            if fd == self.listener.fileno():
+                with contextlib.suppress(OSError):
+                    conn, _ = self.listener.accept()
+                    self._add_client(conn)
+            elif fd in self.outputs:
+                self._pump(fd)
+            elif fd in socks:
+                self._from_client(socks[fd])
+
+    def _pump(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        name = self.outputs.get(fd, "stdout")
+        if not data:
+            del self.outputs[fd]
+            if fd != self.master:
+                os.close(fd)
+            return
+        if self.log is not None:
+            self.log.write(name, data)
+        kind = stream.STDOUT if name == "stdout" else stream.STDERR
+        message = stream.frame(kind, data)
+        for client in list(self.clients):
+            if client.wants.get(name) and not client.send(message):
+                self._drop(client)
+
+    def _drain(self) -> None:
+        """Output still in the pipes after the init exited (its last words)."""
+        deadline = time.monotonic() + 1.0
+        while self.outputs and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(self.outputs), [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for fd in ready:
+                self._pump(fd)
+
+    def _add_client(self, sock: socket.socket) -> None:
+        """Clients say what they want (HELLO) first thing: read it now, so no output is
+        pumped past a client that has not been heard yet."""
+        client = Client(sock)
+        sock.settimeout(2.0)
+        try:
+            while not client.wants:
+                data = sock.recv(65536)
+                if not data:
+                    raise OSError("client left")
+                for kind, payload in client.reader.feed(data):
+                    self._handle(client, kind, payload)
+                    if kind == stream.HELLO:
+                        client.wants = client.wants or {"hello": True}
+        except (OSError, ValueError):
+            sock.close()
+            return
+        sock.settimeout(None)
+        self.clients.append(client)
+
+    def _drop(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+        with contextlib.suppress(OSError):
+            client.sock.close()
+        if client.wants.get("stdin") and self.ctr.record["Config"].get("StdinOnce") and self.master is None:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.stdin_fd is not None and self.stdin_fd != self.master:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_fd)
+            self.stdin_fd = None
+
+    def _from_client(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        for kind, payload in client.reader.feed(data):
+            self._handle(client, kind, payload)
+
+    def _handle(self, client: Client, kind: int, payload: bytes) -> None:
+        if kind == stream.HELLO:
+            client.wants = json.loads(payload)
+            if client.wants.get("resize"):
+                self._resize(client.wants["resize"])
+        elif kind == stream.STDIN and self.stdin_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.stdin_fd, payload)
+        elif kind == stream.STDIN_EOF:
+            if self.master is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self.master, b"\x04")  # end of input on a terminal is ^D
+            else:
+                self._close_stdin()
+        elif kind == stream.RESIZE:
+            self._resize(json.loads(payload))
+        elif kind == stream.STOP:
+            request = json.loads(payload)
+            self.stop_requested = True
+            self._signal(request.get("signal", signals.SIGTERM))
+            self.kill_deadline = time.monotonic() + float(request.get("timeout", 10))
+            if self.pid == 0:
+                client.send(stream.frame(stream.OK))
+        elif kind == stream.KILL:
+            request = json.loads(payload)
+            self.stop_requested = True
+            self._signal(int(request.get("signal", signals.SIGKILL)))
+            client.send(stream.frame(stream.OK))
+
+    def _resize(self, size: list[int]) -> None:
+        if self.master is None:
+            self.ctr.state["ConsoleSize"] = size
+            return
+        import struct
+
+        from stockade.kernel import pty
+
+        with contextlib.suppress(OSError):
+            pty.set_winsize(self.master, struct.pack("HHHH", int(size[0]), int(size[1]), 0, 0))
+
+    def _signal(self, sig: int) -> None:
+        if not self.pid:
+            return
+        from stockade.runtime.container import signal_init
+        from stockade.runtime.state import State
+
+        with contextlib.suppress(StockadeError, OSError):
+            signal_init(State.load(self.runtime_root, self.ctr.id), int(sig))
+
+
+def main(root: Path, runroot: Path, cid: str, first: socket.socket | None) -> None:
+    """The monitor's body in a freshly forked process (see engine.host)."""
+    os.setsid()
+    kproc.set_child_subreaper()
+    for sig in (signals.SIGINT, signals.SIGHUP, signals.SIGPIPE):
+        signals.set_handler(sig, signals.SIG_IGN)
+    Monitor(root, runroot, cid).run(first)
