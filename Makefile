@@ -50,10 +50,14 @@ test-unit: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
 bench: setup
+	@# docker.io only for the engine benchmark's comparison (dockerd is started and stopped by it)
+	@if [ "$$(id -u)" = 0 ] && ! command -v dockerd >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null; fi
 	$(VENV)/bin/python -m compileall -q src
 	$(VENV)/bin/python bench/runtime_bench.py
 	$(VENV)/bin/python bench/seccomp_bench.py
 	$(VENV)/bin/python bench/image_bench.py
+	$(VENV)/bin/python bench/engine_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -285,7 +285,8 @@ def _remove_one(store: Store, text: str, force: bool) -> None:
             f"{text}: image is referenced by {len(image.names)} names ({', '.join(n.familiar for n in image.names)}): remove them by name or use --force"
         )
     if users and len(targets) == len(image.names) and not force:
-        raise ImageError(f"{text}: image is in use by container {users[0]} (use --force to remove the name anyway)")
+        user = users[0][4:16] if users[0].startswith("ctr-") else users[0]
+        raise ImageError(f"{text}: image is in use by container {user} (use --force to remove the name anyway)")
     for ref in targets:
         if store.remove_name(ref):
             print(f"Untagged: {ref.familiar}")
