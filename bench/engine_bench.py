@@ -154,7 +154,10 @@ class Docker(Tool):
         return ["docker", *args]
 
     def start(self, name: str) -> None:
-        run(["docker", "run", "-d", "--network", "none", *PEER_ULIMIT, "--name", name, "benchbox", "sleep", "3600"], self.env)
+        run(
+            ["docker", "run", "-d", "--network", "none", *PEER_ULIMIT, "--name", name, "benchbox", "sleep", "3600"],
+            self.env,
+        )
 
     def remove(self, names: list[str]) -> None:
         run(["docker", "rm", "-f", *names], self.env, check=False)
