@@ -23,6 +23,30 @@ def _parser(prog: str) -> _Parser:
     return _Parser(prog=prog, add_help=True)
 
 
+def print_docs(docs: list[Any], fmt: str | None) -> None:
+    """What every `inspect` prints: a JSON array, or each document through -f/--format."""
+    if fmt:
+        for doc in docs:
+            print(_go_template(fmt, doc))
+    else:
+        print(json.dumps(docs, indent=4))
+
+
+def each(names: list[str], action: Any) -> int:
+    """Docker's way with several names: act on each, print it, report failures, go on."""
+    import sys
+
+    failed = 0
+    for text in names:
+        try:
+            action(text)
+            print(text)
+        except StockadeError as exc:
+            print(f"stockade: {exc}", file=sys.stderr)
+            failed = 1
+    return failed
+
+
 def _go_template(fmt: str, doc: dict[str, Any]) -> str:
     """The common `{{.Field.Sub}}` and `{{json .Field}}` forms of Go templates."""
     import re

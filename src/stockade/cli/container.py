@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.cli.common import UsageError, _go_template, _Parser
+from stockade.cli.common import UsageError, _go_template, _Parser, each, print_docs
 from stockade.cli.format import human_ago, parse_time, table
 from stockade.engine.containers import Container, Containers, EngineError
 from stockade.errors import StockadeError
@@ -238,15 +238,7 @@ def cmd_start(root: Path, argv: list[str]) -> int:
 
 
 def _each(root: Path, names: list[str], action: Any) -> int:
-    failed = 0
-    for text in names:
-        try:
-            action(_find(root, text))
-            print(text)
-        except StockadeError as exc:
-            print(f"stockade: {exc}", file=sys.stderr)
-            failed = 1
-    return failed
+    return each(names, lambda text: action(_find(root, text)))
 
 
 def cmd_stop(root: Path, argv: list[str]) -> int:
@@ -440,11 +432,7 @@ def cmd_inspect(root: Path, argv: list[str]) -> int:
                     pass
             print(f"stockade: {exc or 'no such object: ' + text}", file=sys.stderr)
             failed = 1
-    if args.format:
-        for doc in docs:
-            print(_go_template(args.format, doc))
-    else:
-        print(json.dumps(docs, indent=4))
+    print_docs(docs, args.format)
     return failed
 
 

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.cli.common import UsageError
-from stockade.cli.container import CommandFailed, _each, _find, _parser
+from stockade.cli.common import UsageError, each, print_docs
+from stockade.cli.container import _find, _parser
 from stockade.cli.format import human_size, table
 from stockade.engine.containers import Container, Containers, EngineError
-from stockade.errors import StockadeError
 
 
 def _runtime_state(root: Path, ctr: Container) -> Any:
@@ -270,19 +269,13 @@ def cmd_volume_ls(root: Path, argv: list[str]) -> int:
 
 
 def cmd_volume_inspect(root: Path, argv: list[str]) -> int:
-    from stockade.cli.common import _go_template
     from stockade.engine.volumes import Volumes
 
     p = _parser("stockade volume inspect")
     p.add_argument("-f", "--format")
     p.add_argument("names", nargs="+")
     args = p.parse_args(argv)
-    docs = [Volumes(root).get(n).inspect() for n in args.names]
-    if args.format:
-        for d in docs:
-            print(_go_template(args.format, d))
-    else:
-        print(json.dumps(docs, indent=4))
+    print_docs([Volumes(root).get(n).inspect() for n in args.names], args.format)
     return 0
 
 
@@ -293,16 +286,7 @@ def cmd_volume_rm(root: Path, argv: list[str]) -> int:
     p.add_argument("-f", "--force", action="store_true")
     p.add_argument("names", nargs="+")
     args = p.parse_args(argv)
-    vols = Volumes(root)
-    failed = 0
-    for name in args.names:
-        try:
-            vols.remove(name, force=False)
-            print(name)
-        except StockadeError as exc:
-            print(f"stockade: {exc}", file=sys.stderr)
-            failed = 1
-    return failed
+    return each(args.names, Volumes(root).remove)
 
 
 def cmd_volume_prune(root: Path, argv: list[str]) -> int:
@@ -329,4 +313,3 @@ COMMANDS: dict[str, Any] = {
     "volume prune": cmd_volume_prune,
 }  # fmt: skip
 SHORT_FORMS = {"top", "stats", "port", "diff", "commit", "export", "cp"}
-__all__ = ["COMMANDS", "SHORT_FORMS", "CommandFailed", "_each"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stockade.cli.common import UsageError, _go_template, _Parser, _parser  # noqa: F401 - re-exported
+from stockade.cli.common import UsageError, _go_template, _Parser, _parser, print_docs  # noqa: F401 - re-exported
 from stockade.cli.format import human_ago, human_size, parse_time, table, truncate
 from stockade.errors import StockadeError
 from stockade.image.store import Image, ImageError, Store
@@ -191,12 +191,7 @@ def cmd_inspect(store: Store, argv: list[str]) -> int:
     p.add_argument("--format", "-f")
     p.add_argument("names", nargs="+")
     args = p.parse_args(argv)
-    docs = [inspect_doc(store, store.lookup(n)) for n in args.names]
-    if args.format:
-        for doc in docs:
-            print(_go_template(args.format, doc))
-    else:
-        print(json.dumps(docs, indent=4))
+    print_docs([inspect_doc(store, store.lookup(n)) for n in args.names], args.format)
     return 0
 
 

@@ -106,8 +106,8 @@ def write_layer(ctr: Container, out: IO[bytes]) -> None:
             info = tf.gettarinfo(host, arcname=name)
             info.uid, info.gid = back(st.st_uid, st.st_gid)
             info.uname = info.gname = ""
-            if info.isreg():
-                with open(host, "rb") as f:
+            if info.isreg():  # O_NOFOLLOW: a file swapped for a symlink is never read through
+                with open(os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                     tf.addfile(info, f)
             else:
                 tf.addfile(info)

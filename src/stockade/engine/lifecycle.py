@@ -120,7 +120,7 @@ def stop(root: Path, ctr: Container, timeout: int | None = None, sig: str | None
     if ctr.monitor_alive():
         with contextlib.suppress(OSError):
             stream.request(str(ctr.socket_path), stream.STOP, {"signal": signal, "timeout": wait})
-            _wait_monitor(ctr, 5)
+            _wait_monitor_exit(ctr, 5)
             return
     _signal_directly(root, ctr, signal)
     if not _wait_gone(ctr, wait):
@@ -150,12 +150,6 @@ def _wait_gone(ctr: Container, seconds: float) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def _wait_monitor(ctr: Container, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while ctr.reload().monitor_alive() and ctr.state.get("Status") not in ("exited",) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def wait_exit(root: Path, ctr: Container, poll: float = 0.05) -> int:
