@@ -6,7 +6,8 @@ CACHE := .cache
 PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
 DEB_PACKAGES := busybox-static crun runc podman conmon uidmap hyperfine iproute2 procps gcc libc6-dev \
                 libseccomp2 catatonit fuse-overlayfs containernetworking-plugins qemu-system-x86 strace \
-                skopeo umoci debootstrap docker-registry apache2-utils zstd openssl
+                skopeo umoci debootstrap docker-registry apache2-utils zstd openssl \
+                nftables iperf3 passt slirp4netns
 APT_STAMP := $(CACHE)/apt-$(shell echo $(DEB_PACKAGES) | md5sum | cut -c1-8).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
@@ -58,6 +59,7 @@ bench: setup
 	$(VENV)/bin/python bench/seccomp_bench.py
 	$(VENV)/bin/python bench/image_bench.py
 	$(VENV)/bin/python bench/engine_bench.py
+	$(VENV)/bin/python bench/network_bench.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

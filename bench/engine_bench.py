@@ -2,9 +2,11 @@
 
     make bench            (or: .venv/bin/python bench/engine_bench.py [--runs N] [--idle N])
 
-All three run the same busybox rootfs (imported into each from one tar), with no network. dockerd
-(Debian's docker.io) is started here on a private root with --iptables=false --bridge=none and
-stopped afterwards; podman uses a private root too. Memory per idle container is the PSS
+All three run the same busybox rootfs (imported into each from one tar), with no network, and
+`run --rm` once more on each tool's default bridge network. dockerd (Debian's docker.io) is
+started here on a private root with --iptables=false (so it leaves the host's firewall alone; its
+bridge runs then cost it no iptables rules) and stopped afterwards, docker0 removed; podman uses
+a private root too (its default network: CNI's bridge plugin here). Memory per idle container is the PSS
 (/proc/PID/smaps_rollup) of what each tool keeps per container (stockade: its monitors, plus the
 monitor host shared by all of them; podman: conmon; docker: containerd-shim-runc-v2), divided by
 the number of containers. Nothing is asserted: it prints medians and ratios.
@@ -86,7 +88,7 @@ class Stockade(Tool):
         return [STOCKADE, *args]
 
     def start(self, name: str) -> None:
-        run([STOCKADE, "run", "-d", "--name", name, "benchbox", "sleep", "3600"], self.env)
+        run([STOCKADE, "run", "-d", "--network", "none", "--name", name, "benchbox", "sleep", "3600"], self.env)
 
     def remove(self, names: list[str]) -> None:
         run([STOCKADE, "rm", "-f", *names], self.env, check=False)
@@ -104,8 +106,11 @@ class Stockade(Tool):
 
     def stop(self) -> None:
         from stockade.engine.host import stop_host
+        from stockade.engine.networking import take_down_all
 
-        stop_host(Path(self.env["STOCKADE_ROOT"]) / "run")
+        root = Path(self.env["STOCKADE_ROOT"])
+        take_down_all(root, root / "run")
+        stop_host(root / "run")
 
 
 class Podman(Tool):
@@ -140,7 +145,7 @@ class Docker(Tool):
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
         self.daemon = subprocess.Popen(
             ["dockerd", "--data-root", str(base / "docker"), "--exec-root", str(base / "docker-exec"), "-H", f"unix://{self.sock}",
-             "--iptables=false", "--ip6tables=false", "--bridge=none", "--pidfile", str(base / "docker.pid")],
+             "--iptables=false", "--ip6tables=false", "--pidfile", str(base / "docker.pid")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -170,6 +175,7 @@ class Docker(Tool):
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.daemon.wait(30)
         subprocess.run(["umount", "-R", "-l", str(Path(self.sock).parent / "docker")], capture_output=True)
+        subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -214,10 +220,13 @@ def main() -> int:
             for t in made:
                 env = env_of(t)
                 r: dict[str, float] = {}
+                peer = PEER_ULIMIT if t.name != "stockade" else []
                 r["run --rm /bin/true"] = median_ms(
-                    t.cli("run", "--rm", *(["--network", "none", *PEER_ULIMIT] if t.name != "stockade" else []), "benchbox", "/bin/true"),
-                    args.runs, env,
-                )  # fmt: skip
+                    t.cli("run", "--rm", "--network", "none", *peer, "benchbox", "/bin/true"), args.runs, env
+                )
+                r["run --rm, default bridge"] = median_ms(
+                    t.cli("run", "--rm", *peer, "benchbox", "/bin/true"), args.runs, env
+                )
                 t.start("bench-exec")
                 r["exec /bin/true"] = median_ms(t.cli("exec", "bench-exec", "/bin/true"), args.runs, env)
                 t.remove(["bench-exec"])

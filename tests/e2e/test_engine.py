@@ -4,6 +4,7 @@ default, supervised by per-container monitors (the seed 000 demo step by step, a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
@@ -68,16 +69,37 @@ def _searchable(path: Path) -> None:
         os.chmod(directory, os.stat(directory).st_mode | 0o011)
 
 
+def _nft_tables() -> bool:
+    from stockade.kernel import nftables
+
+    return bool(nftables.list_ruleset("ip", "stockade"))
+
+
+def take_down(e: Engine, tables_before: bool) -> None:
+    """Containers, then the store's networks (bridges, rules, DNS responders), then our nft
+    tables if this test made them, then the monitor host."""
+    from stockade.engine.networking import take_down_all
+    from stockade.kernel import nftables
+
+    ids = e("ps", "-aq", "--no-trunc", check=False).stdout.split()
+    if ids:
+        e("rm", "-f", *ids, check=False)
+    take_down_all(e.root, e.root / "run")
+    if not tables_before:
+        for family in ("ip", "bridge"):
+            with contextlib.suppress(OSError):
+                nftables.run([{"delete": {"table": {"family": family, "name": "stockade"}}}])
+    stop_host(e.root / "run")
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Any:
     _searchable(tmp_path)
     e = Engine(tmp_path)
     e("image", "build-base", "busybox")
+    tables_before = _nft_tables()
     yield e
-    ids = e("ps", "-aq", "--no-trunc", check=False).stdout.split()
-    if ids:
-        e("rm", "-f", *ids, check=False)
-    stop_host(e.root / "run")
+    take_down(e, tables_before)
     mounted = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if str(e.root) in ln]
     assert not mounted, f"mounts left: {mounted[:2]}"
 

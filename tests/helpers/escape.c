@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -119,6 +122,20 @@ static int memhog(int mib) {
     return 0;
 }
 
+/* A UDP echo server on PORT: replies "udp:" + the datagram (busybox has no UDP server). */
+static int udp_echo(int port) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("udp-echo"); return 1; }
+    for (;;) {
+        char buf[1500] = "udp:";
+        struct sockaddr_in from;
+        socklen_t len = sizeof from;
+        ssize_t n = recvfrom(s, buf + 4, sizeof buf - 4, 0, (struct sockaddr *)&from, &len);
+        if (n >= 0) sendto(s, buf, n + 4, 0, (struct sockaddr *)&from, len);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *cmd = argv[1], *arg = argc > 2 ? argv[2] : "";
@@ -137,5 +154,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "mknod-flood")) return mknod_flood(atoi(arg));
     if (!strcmp(cmd, "exe-watch")) return exe_watch(atoi(arg));
     if (!strcmp(cmd, "memhog")) return memhog(atoi(arg));
+    if (!strcmp(cmd, "udp-echo")) return udp_echo(atoi(arg));
     return 2;
 }

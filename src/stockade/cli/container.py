@@ -53,7 +53,11 @@ def _add_create_flags(p: argparse.ArgumentParser) -> None:
     a("--tmpfs", action="append", default=[])
     a("-p", "--publish", action="append", default=[])
     a("-P", "--publish-all", action="store_true")
-    a("--network", "--net", default="none")
+    a("--network", "--net", action="append", default=[])
+    a("--ip", default="")
+    a("--network-alias", "--net-alias", action="append", default=[])
+    a("--dns", action="append", default=[])
+    a("--add-host", action="append", default=[])
     a("-m", "--memory")
     a("--memory-swap")
     a("--cpus", type=float, default=0.0)
@@ -99,8 +103,9 @@ def _request(args: argparse.Namespace) -> Any:
         command=list(args.command), entrypoint=entrypoint, env=env, workdir=args.workdir, user=args.user,
         hostname=args.hostname, tty=args.tty, read_only=args.read_only,
     )  # fmt: skip
-    if args.publish or args.publish_all:
-        raise UsageError("-p/--publish needs networking (issue 7), which is not available yet")
+    from stockade.network.config import check_add_host, check_dns, parse_publish
+
+    publish = [b for spec in args.publish for b in parse_publish(spec)]
     mounts = [o.parse_volume(v) for v in args.volume]
     for m in args.mount:
         req = o.parse_mount(m)
@@ -125,7 +130,10 @@ def _request(args: argparse.Namespace) -> Any:
         log_max_size=o.parse_size(log["max-size"], "--log-opt max-size") if "max-size" in log else 0,
         log_max_file=int(log.get("max-file", "1")) if log.get("max-file", "1").isdigit() else _bad("--log-opt max-file"),
         cap_add=args.cap_add, cap_drop=args.cap_drop, security_opt=args.security_opt, privileged=args.privileged,
-        userns=args.userns, auto_remove=args.rm, network=args.network, runtime=args.runtime,
+        userns=args.userns, auto_remove=args.rm, runtime=args.runtime,
+        networks=[n for spec in args.network for n in spec.split(",") if n], publish=publish,
+        publish_all=args.publish_all, ip=args.ip, aliases=args.network_alias,
+        dns=[check_dns(d) for d in args.dns], add_hosts=[check_add_host(h) for h in args.add_host],
     )  # fmt: skip
 
 
@@ -361,6 +369,15 @@ def command_text(ctr: Container) -> str:
     return " ".join(a for a in args if a)
 
 
+def _ports_text(ctr: Container) -> str:
+    if not (ctr.dir / "network.json").exists() or not ctr.running():
+        return ""
+    from stockade.engine.networking import ports_column
+    from stockade.network.config import format_ports
+
+    return format_ports(ports_column(ctr))
+
+
 def _image_text(ctr: Container) -> str:
     return str(ctr.record.get("ImageName") or ctr.record["Image"])
 
@@ -388,13 +405,40 @@ def inspect_doc(root: Path, ctr: Container) -> dict[str, Any]:
     doc["RestartCount"] = int(state.get("RestartCount", 0))
     doc["LogPath"] = str(ctr.log_path)
     doc["Mounts"] = [_mount_doc(root, m) for m in ctr.record["HostConfig"].get("Mounts", [])]
-    doc["NetworkSettings"] = {"IPAddress": "", "Ports": {}, "Networks": {}, "SandboxKey": ""}
+    doc["NetworkSettings"] = _network_doc(ctr, status in ("running", "paused"))
     doc["GraphDriver"] = {
         "Name": "overlay",
         "Data": {"UpperDir": str(ctr.dir / "upper"), "WorkDir": str(ctr.dir / "work"),
                  "MergedDir": str(ctr.dir / "rootfs"), "IDMapping": state.get("IDMapping", "")},
     }  # fmt: skip
     return doc
+
+
+def _network_doc(ctr: Container, running: bool) -> dict[str, Any]:
+    """Docker's NetworkSettings: what was asked (the record) filled with what was got."""
+    from stockade.engine import networking
+
+    got = networking.settings(ctr) if running else {}
+    networks = {}
+    for name, asked in (ctr.record.get("NetworkSettings", {}).get("Networks") or {}).items():
+        have = (got.get("Networks") or {}).get(name, {})
+        networks[name] = {
+            "IPAMConfig": asked.get("IPAMConfig"), "Links": None, "Aliases": asked.get("Aliases") or None,
+            "NetworkID": asked.get("NetworkID", ""), "EndpointID": have.get("EndpointID", ""),
+            "Gateway": have.get("Gateway", ""), "IPAddress": have.get("IPAddress", ""),
+            "IPPrefixLen": have.get("IPPrefixLen", 0), "IPv6Gateway": "", "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0, "MacAddress": have.get("MacAddress", ""),
+            "DNSNames": [ctr.name, ctr.short_id, *(asked.get("Aliases") or [])] if have else None,
+        }  # fmt: skip
+    first = next(iter(networks.values()), {})
+    pid = int(ctr.state.get("Pid", 0)) if running else 0
+    return {
+        "Bridge": "", "SandboxID": "", "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
+        "Ports": got.get("Ports") or {}, "HairpinMode": False,
+        "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
+        "Gateway": first.get("Gateway", ""), "MacAddress": first.get("MacAddress", ""),
+        "Networks": networks,
+    }  # fmt: skip
 
 
 def _mount_doc(root: Path, m: dict[str, Any]) -> dict[str, Any]:
@@ -493,7 +537,7 @@ def cmd_ps(root: Path, argv: list[str]) -> int:
         rows.append({
             "ID": c.id if args.no_trunc else c.short_id, "Image": _image_text(c), "Command": f'"{command}"',
             "CreatedAt": c.record.get("Created", ""), "RunningFor": human_ago(parse_time(c.record.get("Created", "")), now),
-            "Status": status_text(c, now), "State": c.status(), "Ports": "", "Names": c.name,
+            "Status": status_text(c, now), "State": c.status(), "Ports": _ports_text(c), "Names": c.name,
             "Labels": ",".join(f"{k}={v}" for k, v in (c.record["Config"].get("Labels") or {}).items()),
         })  # fmt: skip
     if args.format == "json":

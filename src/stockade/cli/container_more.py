@@ -114,9 +114,20 @@ def cmd_port(root: Path, argv: list[str]) -> int:
     p.add_argument("container")
     p.add_argument("private", nargs="?")
     args = p.parse_args(argv)
-    _find(root, args.container)  # no published ports without networking (issue 7)
+    ctr = _find(root, args.container)
+    from stockade.engine.networking import ports_column
+
+    ports = ports_column(ctr) if ctr.running() else {}
     if args.private:
-        raise EngineError(f"no public port '{args.private}' published for {args.container}")
+        key = args.private if "/" in args.private else args.private + "/tcp"
+        if not ports.get(key):
+            raise EngineError(f"no public port '{args.private}' published for {args.container}")
+        for h in ports[key]:
+            print(f"{h['HostIp']}:{h['HostPort']}")
+        return 0
+    for key, hosts in ports.items():
+        for h in hosts or []:
+            print(f"{key} -> {h['HostIp']}:{h['HostPort']}")
     return 0
 
 

@@ -40,6 +40,7 @@ Containers (also as `stockade container COMMAND`):
   attach CTR             attach to a running container (detach: Ctrl-P Ctrl-Q)
   inspect / top / stats / port / diff / cp / export / commit / container prune
   volume create|ls|inspect|rm|prune
+  network create|ls|inspect|rm|prune|connect|disconnect
 
 Other:
   version, info
@@ -91,6 +92,13 @@ def dispatch(root: Path, args: list[str]) -> int:
             print(f"usage: stockade {command} COMMAND ... (see stockade --help)")
             return 0 if rest else 125
         return container.run(root, rest[0] if command == "container" else f"volume {rest[0]}", rest[1:])
+    if command == "network":
+        from stockade.cli import network
+
+        if not rest or rest[0] in ("-h", "--help"):
+            print("usage: stockade network create|ls|inspect|rm|prune|connect|disconnect ...")
+            return 0 if rest else 125
+        return network.run(root, rest[0], rest[1:])
     if command in CONTAINER_SHORT_FORMS:
         from stockade.cli import container
 

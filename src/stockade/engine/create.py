@@ -176,7 +176,7 @@ def _record(cid: str, name: str, image: Image, image_name: str, req: CreateReque
             "ReadonlyRootfs": run.read_only,
             "Init": req.init,
             "RestartPolicy": {"Name": restart, "MaximumRetryCount": retries},
-            "NetworkMode": req.network,
+            "NetworkMode": (req.networks or ["bridge"])[0],
             "UsernsMode": req.userns,
             "CapAdd": req.cap_add,
             "CapDrop": req.cap_drop,
@@ -241,14 +241,8 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
     _security(config, req)
     _resources(config, req)
     config["process"]["rlimits"] = _rlimits(req)
-    if req.network == "host":
-        config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
-        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/sys"] + [
-            {"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
-        ]  # fmt: skip
-    elif req.network != "none":
-        raise PlanError(f"--network {req.network}: not available yet (networking is issue 7; use none or host)")
-    _etc_files(ctr, config, idmap)
+    resolvers = _network(root, ctr, config, req, image)
+    _etc_files(ctr, config, idmap, resolvers, req)
     _mounts(root, ctr, config, req, image)
     if req.init:
         config["mounts"].append(
@@ -345,13 +339,88 @@ def _rlimits(req: CreateRequest) -> list[dict[str, Any]]:
     return list(limits.values())
 
 
-def _etc_files(ctr: Container, config: dict[str, Any], idmap: IDMap | None) -> None:
-    """/etc/hostname, /etc/hosts, /etc/resolv.conf as Docker gives them, owned by the container's root."""
+def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequest, image: Image) -> list[str]:
+    """The network mode into the record and the bundle; the nameservers the container gets
+    ([] for the host's)."""
+    from stockade.engine.networking import requests
+    from stockade.network.config import exposed_bindings, port_bindings_json
+
+    names = req.networks or ["bridge"]
+    mode = names[0]
+    namespaces = config["linux"]["namespaces"]
+    bindings = list(req.publish) + (exposed_bindings(image.config.exposed_ports) if req.publish_all else [])
+    host_config = ctr.record["HostConfig"]
+    if mode in ("none", "host") or mode.startswith("container:"):
+        if len(names) > 1:
+            raise PlanError(f"--network {mode} cannot be combined with other networks")
+        if req.ip or req.aliases:
+            raise PlanError("--ip and --network-alias need a user-defined network")
+        if bindings:
+            import sys
+
+            print(f"WARNING: published ports are discarded when using --network {mode.split(':')[0]}", file=sys.stderr)
+            bindings = []
+    if mode == "host":
+        config["linux"]["namespaces"] = [n for n in namespaces if n["type"] != "network"]
+        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/sys"] + [
+            {"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+        ]  # fmt: skip
+    elif mode.startswith("container:"):
+        target = Containers(root).find(mode.split(":", 1)[1])
+        if target.id == ctr.id:
+            raise PlanError("--network container: a container cannot join its own network namespace")
+        mode = "container:" + target.id
+        for n in namespaces:
+            if n["type"] == "network":
+                n["path"] = "/proc/self/ns/net"  # replaced by the target's at each start
+    host_config["NetworkMode"] = mode
+    host_config["PortBindings"] = port_bindings_json(bindings)
+    host_config["PublishAllPorts"] = req.publish_all
+    host_config["Dns"], host_config["ExtraHosts"] = list(req.dns), list(req.add_hosts)
+    for b in bindings:
+        ctr.record["Config"]["ExposedPorts"].setdefault(b.key, {})
+    wanted: dict[str, Any] = {}
+    resolvers: list[str] = []
+    if mode not in ("none", "host") and not mode.startswith("container:"):
+        from stockade.network.store import Networks
+
+        store = Networks(root)
+        for i, name in enumerate(names):
+            net = store.find(name)
+            if net.driver != "bridge":
+                raise PlanError(f"--network {name}: {net.driver} networks cannot be combined with others")
+            if net.name in wanted:
+                raise PlanError(f"--network {name}: given twice")
+            if i == 0 and (req.ip or req.aliases) and net.name == "bridge":
+                raise PlanError("--ip and --network-alias need a user-defined network (not the default bridge)")
+            if i == 0 and req.ip:
+                from stockade.network.endpoints import check_address
+
+                check_address(req.ip)
+            wanted[net.name] = {
+                "IPAMConfig": {"IPv4Address": req.ip} if i == 0 and req.ip else None,
+                "Aliases": list(req.aliases) if i == 0 else [],
+                "NetworkID": net.id,
+            }
+            if i == 0 and net.dns:
+                resolvers = [str(net.gateway)]  # its DNS responder
+    ctr.record["NetworkSettings"] = {"Networks": wanted}
+    requests(ctr.record)  # the record reads back
+    return list(req.dns) or resolvers
+
+
+def _etc_files(
+    ctr: Container, config: dict[str, Any], idmap: IDMap | None, resolvers: list[str], req: CreateRequest
+) -> None:
+    """/etc/hostname, /etc/hosts, /etc/resolv.conf as Docker gives them, owned by the container's root
+    (hosts gets the container's address at each start)."""
+    from stockade.engine.networking import hosts_text
+
     hostname = config["hostname"]
     files = {
         "hostname": f"{hostname}\n",
-        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
-        "resolv.conf": _resolv_conf(),
+        "hosts": hosts_text(hostname, "", list(req.add_hosts)),
+        "resolv.conf": _resolv_conf(resolvers),
     }
     for name, text in files.items():
         path = ctr.dir / name
@@ -364,12 +433,16 @@ def _etc_files(ctr: Container, config: dict[str, Any], idmap: IDMap | None) -> N
         )  # fmt: skip
 
 
-def _resolv_conf() -> str:
+def _resolv_conf(resolvers: list[str]) -> str:
+    """The host's, without loopback resolvers the container cannot reach; `resolvers` (--dns,
+    or a user-defined network's responder) replace its nameservers."""
     try:
         with open("/etc/resolv.conf") as f:
             lines = [ln for ln in f.read().splitlines() if not ln.startswith("nameserver 127.")]
     except OSError:
         lines = []
+    if resolvers:
+        lines = [f"nameserver {r}" for r in resolvers] + [ln for ln in lines if not ln.startswith("nameserver")]
     if not any(ln.startswith("nameserver") for ln in lines):
         lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]  # what Docker falls back to
     return "\n".join(lines) + "\n"

@@ -52,6 +52,11 @@ def cleanup_runtime(root: Path, ctr: Container) -> None:
 
     with contextlib.suppress(StockadeError, OSError):
         delete(str(runroot_for(root) / "runtime"), ctr.id, force=True)
+    if (ctr.dir / "network.json").exists():  # the monitor died before taking it down
+        from stockade.engine import networking
+
+        with contextlib.suppress(StockadeError, OSError):
+            networking.detach(root, runroot_for(root), ctr)
     for target in mounts_under(ctr.dir):
         with contextlib.suppress(OSError):
             mounts.umount2(target, mounts.MNT_DETACH)

@@ -3,10 +3,12 @@
 Forked by the monitor host (engine.host) into its own session, it:
   1. mounts the container's root filesystem and volumes     - stopped containers hold no mounts
   2. gives the container its stdio: pipes, or a pty whose master it keeps
-  3. creates and starts the container with the runtime in-process (or crun/runc)
-  4. serves its socket: attach clients, stop/kill requests; copies output to the log
+  3. reserves the published host ports (a conflict fails here, before anything runs)
+  4. creates the container with the runtime in-process, joins it to its networks while it
+     waits to be started (its network namespace exists, nothing runs yet), starts it
+  5. serves its socket: attach clients, stop/kill requests; copies output to the log
      and to attached clients; input from the client that attached stdin to the container
-  5. on exit: exit code, OOM kill (read before the cgroup goes), finish time -> state.json;
+  6. on exit: exit code, OOM kill (read before the cgroup goes), finish time -> state.json;
      unmounts; applies the restart policy (back to 1) or, for --rm, removes the container
 The CLI can die at any moment: everything a command needs is in state.json and ctr.log.
 """
@@ -72,6 +74,8 @@ class Monitor:
         self.mounted: list[str] = []
         self.log: LogWriter | None = None
         self.pid = 0
+        self.runroot = runroot
+        self.port_sockets: list[socket.socket] = []
 
     # -- the whole life ----------------------------------------------------------------------
     def run(self, first: socket.socket | None) -> None:
@@ -141,10 +145,14 @@ class Monitor:
         ctr = self.ctr
         try:
             self._mount()
-            state = self._create_and_start()
+            ports = self._reserve_ports()
+            state = self._create_and_start(ports)
         except (StockadeError, OSError) as exc:
             message = str(exc) if isinstance(exc, StockadeError) else f"{exc.filename or ''}: {exc.strerror}"
-            code = exit_code_for_start_error(message)
+            # A network that cannot be set up (a port taken, no address left) is stockade's
+            # failure, not the command's: 125, as docker's.
+            code = 125 if type(exc).__name__ == "NetworkError" else exit_code_for_start_error(message)
+            self._release_network()
             self._unmount()
             ctr.state.update(Status="exited", ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
             ctr.save_state()
@@ -161,6 +169,7 @@ class Monitor:
             client.send(started)
         code = self._serve_until_exit(state)
         oom = self._destroy(state)
+        self._release_network(exited=True)
         self._unmount()
         ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
         ctr.save_state()
@@ -204,10 +213,34 @@ class Monitor:
                 mounts.umount2(target, mounts.MNT_DETACH)
         self.mounted = []
 
-    def _create_and_start(self) -> Any:
+    def _reserve_ports(self) -> list[Any]:
+        from stockade.engine import networking
+
+        if networking.mode(self.ctr.record) != "bridge":
+            return []
+        from stockade.network.config import bindings_from_json
+        from stockade.network.ports import reserve
+
+        wanted = bindings_from_json(self.ctr.record["HostConfig"].get("PortBindings"))
+        ports, self.port_sockets = reserve(wanted)
+        return ports
+
+    def _release_network(self, exited: bool = False) -> None:
+        from stockade.engine import networking
+        from stockade.network.ports import release
+
+        with contextlib.suppress(StockadeError, OSError):
+            networking.detach(self.root, self.runroot, self.ctr, exited)
+        release(self.port_sockets)
+        self.port_sockets = []
+
+    def _create_and_start(self, ports: list[Any]) -> Any:
+        from stockade.engine import networking
         from stockade.runtime.container import _create, start
 
         ctr = self.ctr
+        if networking.mode(ctr.record).startswith("container:"):
+            networking.join_container_netns(ctr, ctr.dir / "config.json")
         tty = bool(ctr.record["Config"]["Tty"])
         open_stdin = bool(ctr.record["Config"]["OpenStdin"])
         from stockade.runtime.create import CreateOptions
@@ -257,6 +290,10 @@ class Monitor:
             if size:
                 self._resize(size)
         try:
+            if networking.mode(ctr.record) == "bridge":
+                # Between create and start: the namespace exists, the container's command has
+                # not run, so it never sees itself without its network.
+                networking.attach(self.root, self.runroot, ctr, state.pid, ports)
             start(self.runtime_root, ctr.id, config)
         except BaseException:
             from stockade.runtime.container import delete

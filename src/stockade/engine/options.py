@@ -68,7 +68,13 @@ class CreateRequest:
     privileged: bool = False
     userns: str = ""  # "" (isolated), host, auto, keep-id
     auto_remove: bool = False
-    network: str = "none"
+    networks: list[str] = field(default_factory=list)  # [] = the default bridge; the first is the mode
+    publish: list[Any] = field(default_factory=list)  # network.config.PortBinding
+    publish_all: bool = False
+    ip: str = ""
+    aliases: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)
     runtime: str = ""  # "" = stockade-runtime in-process; crun | runc | PATH
 
 

@@ -13,7 +13,7 @@ Three processes take part, talking over the sync channel (runtime/sync.py):
   write uid_map/gid_map
   MAPS_WRITTEN ───────────────> become root in the new userns
                                 unshare(mnt, uts, ipc, net,
-                                  pid, time)
+                                  pid, time), lo up
                                 time offsets
                                 fork ─────────────────────────> setsid
                   <──────────── INIT_PID                        rootfs: propagation, bind,
@@ -59,6 +59,7 @@ from stockade.errors import ContainerError
 from stockade.kernel import namespaces as kns
 from stockade.kernel import process as kproc
 from stockade.kernel import signals
+from stockade.kernel.net import interface_up  # (imported here: the child cannot import from the host)
 from stockade.runtime import rootfs, sync
 from stockade.runtime.finalize import (
     apply_oom_score_adj,
@@ -324,6 +325,10 @@ def _intermediate(
                 flags |= kns.NAMESPACES[ns.type][0]
         kns.unshare(flags)
         trace("intermediate: namespaces unshared")
+        if flags & kns.CLONE_NEWNET:
+            # A new network namespace starts with lo down; bring it up as runc does, while we
+            # hold every capability over the namespace (it belongs to the container's userns).
+            interface_up("lo")
         if linux.time_offsets:
             kns.write_time_offsets(linux.time_offsets)
         pid = os.fork()

@@ -1,0 +1,86 @@
+"""Small network knobs that need no netlink: interface flags by ioctl, sysctls under /proc/sys,
+the host's routes from /proc/net/route. Import-light: the runtime brings lo up with it from a
+child that can no longer import anything from the host."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from stockade.kernel.libc import check, libc
+
+AF_INET = 2
+SOCK_DGRAM = 2
+SOCK_CLOEXEC = 0o2000000
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ = "16sH22x"  # struct ifreq: the name, then ifr_flags in the union
+
+
+def interface_up(name: str) -> None:
+    """Bring an interface up in the calling thread's network namespace (`ip link set NAME up`)."""
+    fd = check(libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
+    try:
+        req = ctypes.create_string_buffer(struct.pack(_IFREQ, name.encode(), 0), struct.calcsize(_IFREQ))
+        check(libc.ioctl(fd, SIOCGIFFLAGS, req), "SIOCGIFFLAGS", name)
+        flags = struct.unpack(_IFREQ, req.raw)[1]
+        if not flags & IFF_UP:
+            req = ctypes.create_string_buffer(
+                struct.pack(_IFREQ, name.encode(), flags | IFF_UP), struct.calcsize(_IFREQ)
+            )
+            check(libc.ioctl(fd, SIOCSIFFLAGS, req), "SIOCSIFFLAGS", name)
+    finally:
+        libc.close(fd)
+
+
+def read_sysctl(name: str) -> str:
+    with open("/proc/sys/" + name.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+def write_sysctl(name: str, value: str) -> None:
+    """Set a sysctl in the calling thread's namespaces, skipping the write if it already holds."""
+    path = "/proc/sys/" + name.replace(".", "/")
+    with open(path, "r+") as f:
+        if f.read().strip() != value:
+            f.seek(0)
+            f.write(value)
+
+
+def ipv4_routes() -> list[tuple[str, str, int, int]]:
+    """The host's IPv4 routes from /proc/net/route: (interface, destination, prefix length, flags)."""
+    import socket as _socket
+
+    out = []
+    try:
+        with open("/proc/net/route") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        dest = _socket.inet_ntoa(struct.pack("<I", int(fields[1], 16)))
+        mask = bin(int(fields[7], 16)).count("1")
+        out.append((fields[0], dest, mask, int(fields[3], 16)))
+    return out
+
+
+def default_route_mtu(fallback: int = 1500) -> int:
+    """MTU of the interface holding the default route (what veths should use)."""
+    for iface, dest, prefix, _flags in ipv4_routes():
+        if dest == "0.0.0.0" and prefix == 0:
+            try:
+                with open(f"/sys/class/net/{iface}/mtu") as f:
+                    return int(f.read())
+            except (OSError, ValueError):
+                break
+    return fallback
+
+
+def link_exists(name: str) -> bool:
+    import os
+
+    return os.path.exists(f"/sys/class/net/{name}")

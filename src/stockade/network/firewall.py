@@ -1,0 +1,196 @@
+"""stockade's nftables rules, in its own tables only (`ip stockade`, `bridge stockade`): we never
+flush, reorder or touch anyone else's.
+
+    ip stockade
+      maps any_addr, any_port   proto . host port           -> container address, port  (-p PORT:PORT)
+      maps ip_addr, ip_port     host ip . proto . host port -> container address, port  (-p IP:PORT:PORT)
+                                (two maps each: nft 1.0.6 cannot read concatenated map values from JSON)
+      set bridges      every stockade bridge
+      chain prerouting  (nat, dstnat)  local destination -> published
+      chain output      (nat, -100)    local destination -> published  (the host itself, 127.0.0.1)
+      chain published   DNAT through the two maps
+      chain postrouting (nat, srcnat)  per network: masquerade egress (not --internal), loopback
+                                       sources (127.0.0.1 -> published port), hairpin
+      chain forward     (filter)       DNATed traffic passes; per network: --internal has no way
+                                       in or out, isolate=true has no container-to-container
+                                       traffic, no network reaches another's bridge
+    bridge stockade
+      set isolated     the bridge ports of containers on isolated networks
+      chain forward    isolated port -> isolated port: drop (bridged, never seen by ip hooks)
+
+Per-network rules carry the comment "net:<id12>" and go with the network; what a container
+adds is set and map elements, taken out element by element when it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from stockade.kernel import nftables
+
+TABLE = "stockade"
+
+
+def _ip(kind: str, **fields: Any) -> dict[str, Any]:
+    return {kind: {"family": "ip", "table": TABLE, **fields}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+_SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+_DADDR = {"payload": {"protocol": "ip", "field": "daddr"}}
+_IIF = {"meta": {"key": "iifname"}}
+_OIF = {"meta": {"key": "oifname"}}
+_L4PROTO = {"meta": {"key": "l4proto"}}
+_DPORT = {"payload": {"protocol": "th", "field": "dport"}}
+_LOCAL = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+_DNATED = _match({"ct": {"key": "status"}}, "dnat", "in")
+
+
+_ANY_KEY = ["inet_proto", "inet_service"]
+_IP_KEY = ["ipv4_addr", "inet_proto", "inet_service"]
+
+
+def _dnat(key: list[Any], maps: str) -> dict[str, Any]:
+    """dnat to KEY map @M_addr : KEY map @M_port (no entry for the key: no DNAT)."""
+    lookup = {"concat": key}
+    return {"dnat": {"family": "ip", "addr": {"map": {"key": lookup, "data": f"@{maps}_addr"}},
+                     "port": {"map": {"key": lookup, "data": f"@{maps}_port"}}}}  # fmt: skip
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    addr, _, length = cidr.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}}
+
+
+def _skeleton() -> list[dict[str, Any]]:
+    nat_chain = {"type": "nat", "policy": "accept"}
+    return [
+        {"add": {"table": {"family": "ip", "name": TABLE}}},
+        {"add": _ip("map", name="any_addr", type=_ANY_KEY, map="ipv4_addr")},
+        {"add": _ip("map", name="any_port", type=_ANY_KEY, map="inet_service")},
+        {"add": _ip("map", name="ip_addr", type=_IP_KEY, map="ipv4_addr")},
+        {"add": _ip("map", name="ip_port", type=_IP_KEY, map="inet_service")},
+        {"add": _ip("set", name="bridges", type="ifname")},
+        {"add": _ip("chain", name="published")},
+        {"add": _ip("chain", name="prerouting", hook="prerouting", prio=-100, **nat_chain)},
+        {"add": _ip("chain", name="output", hook="output", prio=-100, **nat_chain)},
+        {"add": _ip("chain", name="postrouting", hook="postrouting", prio=100, **nat_chain)},
+        {"add": _ip("chain", name="forward", type="filter", hook="forward", prio=0, policy="accept")},
+        {"add": _ip("rule", chain="published", expr=[_dnat([_DADDR, _L4PROTO, _DPORT], "ip")])},
+        {"add": _ip("rule", chain="published", expr=[_dnat([_L4PROTO, _DPORT], "any")])},
+        {"add": _ip("rule", chain="prerouting", expr=[_LOCAL, {"jump": {"target": "published"}}])},
+        {"add": _ip("rule", chain="output", expr=[_LOCAL, {"jump": {"target": "published"}}])},
+        {"add": _ip("rule", chain="forward", expr=[_DNATED, {"accept": None}])},
+        {"add": {"table": {"family": "bridge", "name": TABLE}}},
+        {"add": {"set": {"family": "bridge", "table": TABLE, "name": "isolated", "type": "ifname"}}},
+        {"add": {"chain": {"family": "bridge", "table": TABLE, "name": "forward", "type": "filter",
+                           "hook": "forward", "prio": 0, "policy": "accept"}}},
+        {"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "forward", "expr": [
+            _match(_IIF, "@isolated"), _match(_OIF, "@isolated"), {"drop": None}]}}},
+    ]  # fmt: skip
+
+
+def ensure_tables() -> None:
+    """Our tables, made once (checked by listing: `add` of an existing rule would duplicate it)."""
+    if not nftables.list_ruleset("ip", TABLE):
+        nftables.run(_skeleton())
+
+
+def network_rules(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> list[dict[str, Any]]:
+    comment = "net:" + net_id[:12]
+    rules: list[tuple[str, list[dict[str, Any]]]] = []
+    if not internal:
+        rules.append(
+            ("postrouting", [_match(_SADDR, _prefix(subnet)), _match(_OIF, bridge, "!="), {"masquerade": None}])
+        )
+    rules.append(("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix("127.0.0.0/8")), {"masquerade": None}]))
+    rules.append(
+        ("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix(subnet)), _DNATED, {"masquerade": None}])
+    )
+    if internal:
+        rules.append(("forward", [_match(_IIF, bridge), _match(_OIF, bridge, "!="), {"drop": None}]))
+        rules.append(("forward", [_match(_OIF, bridge), _match(_IIF, bridge, "!="), {"drop": None}]))
+    if isolated:
+        rules.append(("forward", [_match(_IIF, bridge), _match(_OIF, bridge), {"drop": None}]))
+    rules.append(
+        ("forward", [_match(_IIF, bridge), _match(_OIF, "@bridges"), _match(_OIF, bridge, "!="), {"drop": None}])
+    )
+    out: list[dict[str, Any]] = [{"add": _ip("element", name="bridges", elem=[bridge])}]
+    out += [{"add": _ip("rule", chain=chain, expr=expr, comment=comment)} for chain, expr in rules]
+    return out
+
+
+def add_network(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> None:
+    ensure_tables()
+    remove_network(net_id, bridge)  # rules left from before (a crash, a reboot's leftovers)
+    nftables.run(network_rules(net_id, bridge, subnet, internal, isolated))
+
+
+def remove_network(net_id: str, bridge: str) -> None:
+    comment = "net:" + net_id[:12]
+    commands = []
+    for obj in nftables.list_ruleset("ip", TABLE):
+        rule = obj.get("rule")
+        if rule and rule.get("comment") == comment:
+            commands.append({"delete": _ip("rule", chain=rule["chain"], handle=rule["handle"])})
+    if commands:
+        nftables.run(commands)
+    with contextlib.suppress(OSError):
+        nftables.run([{"delete": _ip("element", name="bridges", elem=[bridge])}])
+
+
+def has_network(net_id: str) -> bool:
+    comment = "net:" + net_id[:12]
+    return any((o.get("rule") or {}).get("comment") == comment for o in nftables.list_ruleset("ip", TABLE))
+
+
+def _port_elements(binding: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(map, key, value) pairs for one published port."""
+    if binding.get("HostIp"):
+        maps, key = "ip", {"concat": [binding["HostIp"], binding["Proto"], int(binding["HostPort"])]}
+    else:
+        maps, key = "any", {"concat": [binding["Proto"], int(binding["HostPort"])]}
+    return [(f"{maps}_addr", key, binding["ContainerIp"]), (f"{maps}_port", key, int(binding["ContainerPort"]))]
+
+
+def add_ports(bindings: list[dict[str, Any]]) -> None:
+    """DNAT for published ports: {HostIp, HostPort, Proto, ContainerIp, ContainerPort} each."""
+    if not bindings:
+        return
+    ensure_tables()
+    commands = []
+    for b in bindings:
+        for name, key, value in _port_elements(b):
+            commands.append({"add": _ip("element", name=name, elem=[[key, value]])})
+    nftables.run(commands)
+
+
+def remove_ports(bindings: list[dict[str, Any]]) -> None:
+    """One element at a time: one already gone (a flushed table) must not keep the rest."""
+    for b in bindings:
+        for name, key, _value in _port_elements(b):
+            with contextlib.suppress(OSError):
+                nftables.run([{"delete": _ip("element", name=name, elem=[key])}])
+
+
+def isolate_port(veth: str) -> None:
+    ensure_tables()
+    nftables.run([{"add": {"element": {"family": "bridge", "table": TABLE, "name": "isolated", "elem": [veth]}}}])
+
+
+def unisolate_port(veth: str) -> None:
+    with contextlib.suppress(OSError):
+        nftables.run(
+            [{"delete": {"element": {"family": "bridge", "table": TABLE, "name": "isolated", "elem": [veth]}}}]
+        )
+
+
+def remove_tables() -> None:
+    """Both of our tables (tests; `stockade system reset` one day)."""
+    for family in ("ip", "bridge"):
+        with contextlib.suppress(OSError):
+            nftables.run([{"delete": {"table": {"family": family, "name": TABLE}}}])

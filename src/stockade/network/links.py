@@ -1,0 +1,147 @@
+"""Bridges, veth pairs, addresses and routes through netlink (pyroute2), in the host's network
+namespace or, by setns for the calling thread, in a container's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from stockade.kernel import namespaces as kns
+from stockade.kernel.net import write_sysctl
+
+
+def _iproute() -> Any:
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+@contextlib.contextmanager
+def _netlink(what: str) -> Iterator[None]:
+    """pyroute2's errors (NetlinkError is not an OSError) as our one-line NetworkError."""
+    from stockade.network.config import NetworkError
+
+    try:
+        yield
+    except NetworkError:
+        raise
+    except Exception as exc:
+        code = getattr(exc, "code", None)
+        reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
+        raise NetworkError(f"{what}: {reason}") from None
+
+
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """The calling thread in the network namespace at `path`: netlink sockets opened inside
+    belong to it for their whole life, so set-up done with them needs no further setns."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            kns.setns(target, kns.CLONE_NEWNET, path)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            kns.setns(home, kns.CLONE_NEWNET, "the host's network namespace")
+    finally:
+        os.close(home)
+
+
+def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+    """The network's bridge with its gateway address, up; made if missing (bridges do not
+    survive a reboot, the network's record does)."""
+    from stockade.kernel.net import link_exists
+
+    if link_exists(name):
+        return
+    with _netlink(f"create bridge {name}"):
+        _make_bridge(name, gateway, prefixlen, mtu)
+    # Traffic the host sends to a published port on 127.0.0.1 is DNATed out of this bridge:
+    # the kernel drops such packets as martians unless the bridge allows loopback sources.
+    write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
+
+
+def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+    ipr = _iproute()
+    try:
+        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+        index = ipr.link_lookup(ifname=name)[0]
+        ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
+        ipr.link("set", index=index, state="up")
+    finally:
+        ipr.close()
+
+
+def delete_link(name: str) -> None:
+    """Remove an interface if it exists (a veth's peer goes with it)."""
+    ipr = _iproute()
+    try:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            with contextlib.suppress(Exception):
+                ipr.link("del", index=found[0])
+    finally:
+        ipr.close()
+
+
+def add_veth(
+    bridge: str,
+    host_if: str,
+    netns: str,
+    ctr_if: str,
+    address: str,
+    prefixlen: int,
+    mac: str,
+    gateway: str | None,
+    mtu: int,
+) -> None:
+    """A veth pair: `host_if` on the bridge, `ctr_if` made directly inside the container's
+    namespace (one netlink message), then addressed and routed from inside it."""
+    with _netlink(f"connect {ctr_if} to {bridge}"):
+        _pair(bridge, host_if, netns, {"ifname": ctr_if, "mtu": mtu, "address": mac})
+        _configure_inside(netns, ctr_if, address, prefixlen, gateway)
+
+
+def _pair(bridge: str, host_if: str, netns: str, peer: dict[str, Any]) -> None:
+    ipr = _iproute()
+    try:
+        bridge_index = ipr.link_lookup(ifname=bridge)[0]
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=host_if, kind="veth", mtu=peer["mtu"], master=bridge_index,
+                     peer={**peer, "net_ns_fd": fd})  # fmt: skip
+        finally:
+            os.close(fd)
+        ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], state="up")
+    finally:
+        ipr.close()
+
+
+def _configure_inside(netns: str, ctr_if: str, address: str, prefixlen: int, gateway: str | None) -> None:
+    with in_netns(netns):
+        inside = _iproute()
+        try:
+            index = inside.link_lookup(ifname=ctr_if)[0]
+            inside.addr("add", index=index, address=address, prefixlen=prefixlen)
+            inside.link("set", index=index, state="up")
+            if gateway:
+                inside.route("add", dst="0.0.0.0/0", gateway=gateway)
+        finally:
+            inside.close()
+
+
+def remove_veth_inside(netns: str, ctr_if: str) -> None:
+    """Disconnect from a running container: deleting its end removes the pair."""
+    with in_netns(netns):
+        inside = _iproute()
+        try:
+            found = inside.link_lookup(ifname=ctr_if)
+            if found:
+                inside.link("del", index=found[0])
+        finally:
+            inside.close()
