@@ -340,3 +340,26 @@ def test_dns_responder_forwards_what_it_does_not_know(tmp_path: Path) -> None:
         responder.udp.close()
         responder.tcp.close()
         responder.upstream.close()
+
+
+def test_a_crashed_monitor_leaves_nothing_once_noticed(net: Engine) -> None:
+    """Monitor and container killed together (a crash): the next command that looks records the
+    end and takes the container off its network - address, DNS entry, DNAT entries."""
+    net("network", "create", "fragile")
+    net("network", "inspect", "fragile")
+    port = _free_port()
+    _server(net, "victim", "--network", "fragile", "-p", f"{port}:80", "--hostname", "victim")
+    rules_running = _our_ruleset()
+    state = json.loads((Path(net.inspect("victim")["LogPath"]).with_name("state.json")).read_text())
+    os.kill(state["MonitorPid"], 9)
+    os.kill(state["Pid"], 9)
+    deadline = time.monotonic() + 10
+    while net.inspect("victim")["State"]["Status"] != "exited":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert net.inspect("victim")["State"]["ExitCode"] == 255
+    assert json.loads(net("network", "inspect", "fragile").stdout)[0]["Containers"] == {}
+    after = _our_ruleset()
+    assert after != rules_running and str(port) not in json.dumps(after)
+    _server(net, "heir", "--network", "fragile", "-p", f"{port}:80", "--hostname", "heir")  # the port is free again
+    assert _get(f"http://127.0.0.1:{port}/") == "hello-from-heir"
