@@ -135,6 +135,7 @@ class Podman(Tool):
 
     def stop(self) -> None:
         run(self.cli("system", "reset", "-f"), check=False)
+        subprocess.run(["ip", "link", "del", "cni-podman0"], capture_output=True)  # its bridge run's leftover
 
 
 class Docker(Tool):

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,3 +412,19 @@ def test_pause_top_stats_rename_wait(engine: Engine) -> None:
     engine("kill", "-s", "KILL", "p2")  # (sleep as PID 1 would ignore SIGTERM)
     assert waiter.communicate(timeout=10)[0].strip() == "137"
     assert engine.inspect("p2")["State"]["ExitCode"] == 137
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc")
+def test_another_oci_runtime_runs_the_same_bundle(engine: Engine) -> None:
+    """--runtime runc: the same bundle, the same monitor (logs, exit codes, stop), another runtime."""
+    out = engine("run", "--rm", "--runtime", "runc", "busybox", "sh", "-c", "echo via-runc; cat /proc/self/uid_map")
+    assert "via-runc" in out.stdout and out.stdout.split()[-2] != "0"  # its own user namespace, as ours
+    assert engine("run", "--rm", "--runtime", "runc", "busybox", "sh", "-c", "exit 7", check=False).returncode == 7
+    engine("run", "-d", "--name", "viarunc", "--runtime", "runc", "busybox", "sh", "-c", "echo up; exec sleep 300")
+    doc = engine.inspect("viarunc")
+    assert doc["HostConfig"]["Runtime"] == "runc" and doc["State"]["Running"]
+    assert "up" in engine("logs", "viarunc").stdout
+    engine("stop", "-t", "1", "viarunc")
+    assert engine.inspect("viarunc")["State"]["ExitCode"] == 137
+    missing = engine("run", "--rm", "--runtime", "nosuch", "busybox", "true", check=False)
+    assert missing.returncode == 125 and "--runtime nosuch: no such OCI runtime" in missing.stderr

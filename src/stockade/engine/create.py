@@ -214,6 +214,10 @@ def _log_config(req: CreateRequest) -> dict[str, str]:
 def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: CreateRequest) -> None:
     if req.auto_remove and req.restart not in ("no", ""):
         raise PlanError("--rm and --restart cannot be used together (conflicting options)")
+    if req.runtime not in ("", "stockade"):
+        from stockade.engine.oci import resolve
+
+        resolve(req.runtime)
     if req.init and not os.path.exists(HOST_INIT):
         raise PlanError(f"--init needs {HOST_INIT} (Debian package catatonit)")
     idmap = _id_map(root, ctr.id, req)

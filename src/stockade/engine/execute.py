@@ -21,6 +21,9 @@ def exec_in(
     from stockade.spec.runtime import load_process
 
     lifecycle.refresh(root, ctr)
+    runtime = ctr.record["HostConfig"].get("Runtime") or "stockade"
+    if runtime != "stockade":
+        raise EngineError(f"exec: not supported yet for containers run with --runtime {runtime}")
     status = ctr.status()
     if status != "running":
         raise EngineError(

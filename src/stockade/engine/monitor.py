@@ -59,6 +59,11 @@ def exit_code_for_start_error(message: str) -> int:
     return 128
 
 
+def _proxy_master(proxy: Any) -> int:
+    proxy.receive_master()
+    return int(proxy.master)
+
+
 class Monitor:
     def __init__(self, root: Path, runroot: Path, cid: str) -> None:
         self.root = root
@@ -76,6 +81,7 @@ class Monitor:
         self.pid = 0
         self.runroot = runroot
         self.port_sockets: list[socket.socket] = []
+        self.external: Any = None  # engine.oci.External for --runtime crun|runc|PATH
 
     # -- the whole life ----------------------------------------------------------------------
     def run(self, first: socket.socket | None) -> None:
@@ -236,54 +242,18 @@ class Monitor:
 
     def _create_and_start(self, ports: list[Any]) -> Any:
         from stockade.engine import networking
-        from stockade.runtime.container import _create, start
 
         ctr = self.ctr
         if networking.mode(ctr.record).startswith("container:"):
             networking.join_container_netns(ctr, ctr.dir / "config.json")
-        tty = bool(ctr.record["Config"]["Tty"])
-        open_stdin = bool(ctr.record["Config"]["OpenStdin"])
-        from stockade.runtime.create import CreateOptions
+        runtime = ctr.record["HostConfig"].get("Runtime") or "stockade"
+        if runtime != "stockade":
+            from stockade.engine.oci import External, resolve
 
-        opts = CreateOptions()
-        saved = [os.dup(fd) for fd in (0, 1, 2)]
-        ours: list[int] = []
-        proxy = None
-        try:
-            if tty:
-                from stockade.runtime.console import ConsoleProxy
-
-                proxy = ConsoleProxy()
-                opts.console_fd = proxy.child_end
-            else:
-                if open_stdin:
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    os.dup2(r, 0)
-                    os.close(r)
-                    self.stdin_fd = w
-                for fd, name in ((1, "stdout"), (2, "stderr")):
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    os.dup2(w, fd)
-                    os.close(w)
-                    self.outputs[r] = name
-                    ours.append(r)
-            from stockade.runtime.container import delete
-
-            with contextlib.suppress(StockadeError):
-                delete(self.runtime_root, ctr.id, force=True)  # a leftover from a killed monitor
-            state, config, _ = _create(self.runtime_root, ctr.id, str(ctr.dir), opts)
-        except BaseException:
-            for fd in ours + ([self.stdin_fd] if self.stdin_fd is not None else []):
-                os.close(fd)
-            self.outputs, self.stdin_fd = {}, None
-            raise
-        finally:
-            for fd, old in zip((0, 1, 2), saved, strict=True):
-                os.dup2(old, fd)
-                os.close(old)
-        if proxy is not None:
-            proxy.receive_master()
-            self.master = proxy.master
+            self.external = External(resolve(runtime), self.runroot)
+        state, config, console = self._create()
+        if console is not None:
+            self.master = console.receive_master() if self.external is not None else _proxy_master(console)
             self.outputs[self.master] = "stdout"
             self.stdin_fd = self.master
             size = self.ctr.state.pop("ConsoleSize", None)
@@ -294,15 +264,83 @@ class Monitor:
                 # Between create and start: the namespace exists, the container's command has
                 # not run, so it never sees itself without its network.
                 networking.attach(self.root, self.runroot, ctr, state.pid, ports)
-            start(self.runtime_root, ctr.id, config)
-        except BaseException:
-            from stockade.runtime.container import delete
+            if self.external is not None:
+                self.external.start(ctr.id)
+            else:
+                from stockade.runtime.container import start
 
-            with contextlib.suppress(StockadeError):
-                delete(self.runtime_root, ctr.id, force=True, config=config)
+                start(self.runtime_root, ctr.id, config)
+        except BaseException:
+            self._runtime_delete(config)
             self._close_stdio()
             raise
         return state
+
+    def _create(self) -> tuple[Any, Any, Any]:
+        """The runtime's create, the container's stdio being pipes (or a pty) the monitor holds:
+        (state, config, console: what hands over the pty master, or None)."""
+        ctr = self.ctr
+        tty = bool(ctr.record["Config"]["Tty"])
+        saved = [os.dup(fd) for fd in (0, 1, 2)]
+        ours: list[int] = []
+        console: Any = None
+        try:
+            if not tty:
+                ours = self._stdio_pipes(bool(ctr.record["Config"]["OpenStdin"]))
+            if self.external is not None:
+                from stockade.engine.oci import ConsoleListener
+
+                console = ConsoleListener(ctr.dir) if tty else None
+                return self.external.create(ctr.id, ctr.dir, console.path if console else None), None, console
+            from stockade.runtime.container import _create, delete
+            from stockade.runtime.create import CreateOptions
+
+            opts = CreateOptions()
+            if tty:
+                from stockade.runtime.console import ConsoleProxy
+
+                console = ConsoleProxy()
+                opts.console_fd = console.child_end
+            with contextlib.suppress(StockadeError):
+                delete(self.runtime_root, ctr.id, force=True)  # a leftover from a killed monitor
+            state, config, _ = _create(self.runtime_root, ctr.id, str(ctr.dir), opts)
+            return state, config, console
+        except BaseException:
+            for fd in ours + ([self.stdin_fd] if self.stdin_fd is not None else []):
+                os.close(fd)
+            self.outputs, self.stdin_fd = {}, None
+            if console is not None and self.external is not None:
+                console.close()
+            raise
+        finally:
+            for fd, old in zip((0, 1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
+
+    def _stdio_pipes(self, open_stdin: bool) -> list[int]:
+        """Pipes on 0, 1, 2 for the runtime to hand to the container; our ends kept."""
+        ours = []
+        if open_stdin:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.dup2(r, 0)
+            os.close(r)
+            self.stdin_fd = w
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.dup2(w, fd)
+            os.close(w)
+            self.outputs[r] = name
+            ours.append(r)
+        return ours
+
+    def _runtime_delete(self, config: Any = None) -> None:
+        if self.external is not None:
+            self.external.delete(self.ctr.id)
+            return
+        from stockade.runtime.container import delete
+
+        with contextlib.suppress(StockadeError):
+            delete(self.runtime_root, self.ctr.id, force=True, config=config)
 
     def _close_stdio(self) -> None:
         for fd in list(self.outputs):
@@ -322,6 +360,9 @@ class Monitor:
         if manager is not None:
             with contextlib.suppress(OSError, StockadeError):
                 oom = manager.oom_kills() > 0
+        if self.external is not None:
+            self.external.delete(self.ctr.id)
+            return oom
         with contextlib.suppress(StockadeError, OSError):
             destroy(state)
         return oom
@@ -505,6 +546,10 @@ class Monitor:
 
     def _signal(self, sig: int) -> None:
         if not self.pid:
+            return
+        if self.external is not None:  # our child until we reap it: its pid cannot be reused
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, int(sig))
             return
         from stockade.runtime.container import signal_init
         from stockade.runtime.state import State
