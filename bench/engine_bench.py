@@ -120,6 +120,7 @@ class Podman(Tool):
         self.flags = ["--root", str(base / "podman"), "--runroot", str(base / "podman-run"), "--cgroup-manager", "cgroupfs",
                       "--events-backend", "none", "--runtime", "runc"]  # crun refuses this host's hybrid cgroups  # fmt: skip
         run(["podman", *self.flags, "import", str(tar), "benchbox"])
+        self.tables_before = run(["nft", "list", "tables"], check=False).stdout  # CNI adds ip nat/filter
 
     def cli(self, *args: str) -> list[str]:
         return ["podman", *self.flags, *args]
@@ -135,7 +136,10 @@ class Podman(Tool):
 
     def stop(self) -> None:
         run(self.cli("system", "reset", "-f"), check=False)
-        subprocess.run(["ip", "link", "del", "cni-podman0"], capture_output=True)  # its bridge run's leftover
+        subprocess.run(["ip", "link", "del", "cni-podman0"], capture_output=True)  # its bridge run's leftovers
+        for table in ("ip nat", "ip filter"):
+            if f"table {table}\n" not in self.tables_before:
+                subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True)
 
 
 class Docker(Tool):
