@@ -346,7 +346,6 @@ def _rlimits(req: CreateRequest) -> list[dict[str, Any]]:
 def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequest, image: Image) -> list[str]:
     """The network mode into the record and the bundle; the nameservers the container gets
     ([] for the host's)."""
-    from stockade.engine.networking import requests
     from stockade.network.config import exposed_bindings, port_bindings_json
 
     names = req.networks or ["bridge"]
@@ -398,9 +397,9 @@ def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequ
             if i == 0 and (req.ip or req.aliases) and net.name == "bridge":
                 raise PlanError("--ip and --network-alias need a user-defined network (not the default bridge)")
             if i == 0 and req.ip:
-                from stockade.network.endpoints import check_address
+                from stockade.network.config import check_ip
 
-                check_address(req.ip)
+                check_ip(req.ip)
             wanted[net.name] = {
                 "IPAMConfig": {"IPv4Address": req.ip} if i == 0 and req.ip else None,
                 "Aliases": list(req.aliases) if i == 0 else [],
@@ -409,7 +408,6 @@ def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequ
             if i == 0 and net.dns:
                 resolvers = [str(net.gateway)]  # its DNS responder
     ctr.record["NetworkSettings"] = {"Networks": wanted}
-    requests(ctr.record)  # the record reads back
     return list(req.dns) or resolvers
 
 

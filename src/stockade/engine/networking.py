@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stockade.engine.containers import Container, read_json, write_json
+from stockade.engine.containers import Container, Containers, EngineError, NoSuchContainer, read_json, write_json
 
 SETTINGS = "network.json"
 
@@ -76,8 +76,6 @@ def detach(root: Path, runroot: Path, ctr: Container, exited: bool = False) -> N
 
 
 def _joiners_running(ctr: Container) -> bool:
-    from stockade.engine.containers import Containers, NoSuchContainer
-
     containers = Containers(ctr.dir.parent.parent)
     with contextlib.suppress(FileNotFoundError):
         for joiner in os.listdir(ctr.dir / "joiners"):
@@ -109,8 +107,6 @@ def write_hosts(ctr: Container, doc: dict[str, Any]) -> None:
 def join_container_netns(ctr: Container, config_path: Path) -> None:
     """--network container:ID: the bundle names the other container's network namespace, which
     is only known while it runs, so it is written at each start."""
-    from stockade.engine.containers import Containers, EngineError
-
     target_id = mode(ctr.record).split(":", 1)[1]
     target = Containers(ctr.dir.parent.parent).load(target_id)
     if not target.running():
@@ -131,7 +127,6 @@ def ports_column(ctr: Container) -> dict[str, Any]:
 
 def users(root: Path, net_id: str) -> list[Container]:
     """Containers whose record names the network (running or not)."""
-    from stockade.engine.containers import Containers
 
     out = []
     for c in Containers(root).all():
@@ -168,7 +163,6 @@ def remove_network(root: Path, runroot: Path, name: str) -> str:
 
 def connect(root: Path, runroot: Path, ctr: Container, name: str, ip: str, aliases: list[str]) -> None:
     """`network connect`: recorded, and joined at once if the container runs."""
-    from stockade.engine.containers import Containers
     from stockade.network.config import NetworkError
     from stockade.network.endpoints import EndpointRequest, Member
     from stockade.network.endpoints import attach as attach_endpoints
@@ -197,7 +191,6 @@ def connect(root: Path, runroot: Path, ctr: Container, name: str, ip: str, alias
 
 
 def disconnect(root: Path, runroot: Path, ctr: Container, name: str) -> None:
-    from stockade.engine.containers import Containers
     from stockade.network.config import NetworkError
     from stockade.network.endpoints import detach as detach_endpoints
     from stockade.network.store import Networks

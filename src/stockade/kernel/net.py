@@ -34,11 +34,6 @@ def interface_up(name: str) -> None:
         libc.close(fd)
 
 
-def read_sysctl(name: str) -> str:
-    with open("/proc/sys/" + name.replace(".", "/")) as f:
-        return f.read().strip()
-
-
 def write_sysctl(name: str, value: str) -> None:
     """Set a sysctl in the calling thread's namespaces, skipping the write if it already holds."""
     path = "/proc/sys/" + name.replace(".", "/")

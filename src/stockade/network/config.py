@@ -123,6 +123,14 @@ def format_ports(ports: dict[str, list[dict[str, str]]] | None) -> str:
     return ", ".join(shown)
 
 
+def check_ip(text: str) -> str:
+    """--ip: an IPv4 address (whether it is free and in the subnet is known at start)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise NetworkError(f'--ip "{text}": invalid IPv4 address') from None
+
+
 def check_dns(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))

@@ -125,10 +125,7 @@ class Responder:
         parsed = parse_question(query)
         if parsed is None:
             return None
-        name = parsed[2].rstrip(".")
-        found = self.records.get(name)
-        if found is None and "." in name:
-            found = self.records.get(name.split(".", 1)[0]) if name.split(".", 1)[1] in ("", "local") else None
+        found = self.records.get(parsed[2].rstrip("."))
         if found is not None:
             return answer(query, found)
         return None

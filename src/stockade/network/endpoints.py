@@ -16,7 +16,6 @@ Then the published ports' DNAT entries (to the first network's address). The res
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +120,7 @@ def _join(
     }
     networks.save(net)  # step 1 is on disk before anything exists that detach would look for
     mtu = int(net.doc["Options"].get("com.docker.network.driver.mtu", 0)) or default_route_mtu()
-    made_bridge = not _link_exists(net.bridge)
-    links.ensure_bridge(net.bridge, str(net.gateway), prefix, mtu)
+    made_bridge = links.ensure_bridge(net.bridge, str(net.gateway), prefix, mtu)
     if made_bridge or not firewall.has_network(net.id):
         firewall.add_network(net.id, net.bridge, str(net.subnet), net.internal, net.isolated)
         if not net.internal:
@@ -139,12 +137,6 @@ def _join(
 
         dns.ensure(runroot, net.id, net.path, str(net.gateway))
     return endpoint
-
-
-def _link_exists(name: str) -> bool:
-    from stockade.kernel.net import link_exists
-
-    return link_exists(name)
 
 
 def _publish(settings: dict[str, Any], ports: list[PortBinding], address: str) -> None:
@@ -202,10 +194,3 @@ def detach(
 
                     dns.stop(runroot, net.id)
             del settings["Networks"][name]
-
-
-def check_address(text: str) -> None:
-    with contextlib.suppress(ValueError):
-        ipaddress.IPv4Address(text)
-        return
-    raise NetworkError(f'--ip "{text}": invalid IPv4 address')

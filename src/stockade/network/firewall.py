@@ -94,10 +94,15 @@ def _skeleton() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+_tables_seen = False  # this process has seen (or made) our tables: no need to list them again
+
+
 def ensure_tables() -> None:
     """Our tables, made once (checked by listing: `add` of an existing rule would duplicate it)."""
-    if not nftables.list_ruleset("ip", TABLE):
+    global _tables_seen
+    if not _tables_seen and not nftables.list_ruleset("ip", TABLE):
         nftables.run(_skeleton())
+    _tables_seen = True
 
 
 def network_rules(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> list[dict[str, Any]]:
@@ -144,8 +149,11 @@ def remove_network(net_id: str, bridge: str) -> None:
 
 
 def has_network(net_id: str) -> bool:
+    global _tables_seen
     comment = "net:" + net_id[:12]
-    return any((o.get("rule") or {}).get("comment") == comment for o in nftables.list_ruleset("ip", TABLE))
+    objects = nftables.list_ruleset("ip", TABLE)
+    _tables_seen = _tables_seen or bool(objects)
+    return any((o.get("rule") or {}).get("comment") == comment for o in objects)
 
 
 def _port_elements(binding: dict[str, Any]) -> list[tuple[str, Any, Any]]:

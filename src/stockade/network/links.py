@@ -52,18 +52,19 @@ def in_netns(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> bool:
     """The network's bridge with its gateway address, up; made if missing (bridges do not
-    survive a reboot, the network's record does)."""
+    survive a reboot, the network's record does). True if it was made now."""
     from stockade.kernel.net import link_exists
 
     if link_exists(name):
-        return
+        return False
     with _netlink(f"create bridge {name}"):
         _make_bridge(name, gateway, prefixlen, mtu)
     # Traffic the host sends to a published port on 127.0.0.1 is DNATed out of this bridge:
     # the kernel drops such packets as martians unless the bridge allows loopback sources.
     write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
+    return True
 
 
 def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:

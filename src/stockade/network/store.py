@@ -160,10 +160,11 @@ class Networks:
         from stockade.kernel.net import ipv4_routes
 
         taken: dict[str, ipaddress.IPv4Network] = {}
-        for n in self.all():
+        networks = self.all()
+        for n in networks:
             if n.driver == "bridge":
                 taken[f'network "{n.name}"'] = n.subnet
-        ours = {n.bridge for n in self.all()}
+        ours = {n.bridge for n in networks}
         for iface, dest, prefix, _flags in ipv4_routes():
             if prefix and iface not in ours:
                 taken[f"the host's route {dest}/{prefix} on {iface}"] = ipaddress.IPv4Network(f"{dest}/{prefix}")
