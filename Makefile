@@ -7,7 +7,7 @@ PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
 DEB_PACKAGES := busybox-static crun runc podman conmon uidmap hyperfine iproute2 procps gcc libc6-dev \
                 libseccomp2 catatonit fuse-overlayfs containernetworking-plugins qemu-system-x86 strace \
                 skopeo umoci debootstrap docker-registry apache2-utils zstd openssl \
-                nftables iperf3 passt slirp4netns
+                nftables iperf3 passt slirp4netns python3 passwd util-linux
 APT_STAMP := $(CACHE)/apt-$(shell echo $(DEB_PACKAGES) | md5sum | cut -c1-8).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 PYTEST_ARGS ?=

@@ -431,14 +431,20 @@ def _network_doc(ctr: Container, running: bool) -> dict[str, Any]:
             "DNSNames": [ctr.name, ctr.short_id, *(asked.get("Aliases") or [])] if have else None,
         }  # fmt: skip
     first = next(iter(networks.values()), {})
+    if not first and got.get("UserNet"):  # rootless: pasta / slirp4netns
+        first = {"IPAddress": got.get("IPAddress", ""), "Gateway": got.get("Gateway", "")}
     pid = int(ctr.state.get("Pid", 0)) if running else 0
-    return {
+    doc = {
         "Bridge": "", "SandboxID": "", "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
         "Ports": got.get("Ports") or {}, "HairpinMode": False,
         "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
         "Gateway": first.get("Gateway", ""), "MacAddress": first.get("MacAddress", ""),
         "Networks": networks,
     }  # fmt: skip
+    rootless_net = ctr.record.get("NetworkSettings", {}).get("RootlessNetwork")
+    if rootless_net:  # which helper and why (not in Docker's document: podman shows it in its own way)
+        doc["RootlessNetwork"] = {**rootless_net, "Pid": (got.get("UserNet") or {}).get("Pid", 0)}
+    return doc
 
 
 def _mount_doc(root: Path, m: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,21 @@ def data_root(flag: str | None) -> Path:
     return Path(data) / "stockade"
 
 
+NO_STORE_COMMANDS = {"version", "--version", "-v", "login", "logout"}
+
+
+def _enter_rootless(root: Path) -> None:
+    """A non-root user's commands run inside its rootless namespace (see engine/rootless.py),
+    where it is uid 0: pin the paths chosen for the user first, for every process to come."""
+    from stockade.engine import rootless
+    from stockade.engine.lifecycle import runroot_for
+
+    runroot = runroot_for(root)
+    os.environ["STOCKADE_ROOT"] = str(root)
+    os.environ["STOCKADE_RUNROOT"] = str(runroot)
+    rootless.enter(runroot)
+
+
 def _split_globals(args: list[str]) -> tuple[str | None, bool, list[str]]:
     root, debug = None, False
     while args and args[0].startswith("-"):
@@ -136,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.errors import StockadeError
 
     try:
-        return dispatch(data_root(root_flag), args)
+        root = data_root(root_flag)
+        if os.geteuid() != 0 and args[0] not in NO_STORE_COMMANDS:
+            _enter_rootless(root)
+        return dispatch(root, args)
     except StockadeError as exc:
         if debug:
             import traceback

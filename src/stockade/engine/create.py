@@ -334,6 +334,37 @@ def _resources(config: dict[str, Any], req: CreateRequest) -> None:
         res["cpu"] = cpu
     if req.pids_limit is not None:
         res["pids"] = {"limit": req.pids_limit if req.pids_limit > 0 else -1}
+    from stockade.engine import rootless
+
+    if rootless.active() and not _cgroup_delegated():
+        _without_cgroup(config, req)
+
+
+def _cgroup_delegated() -> bool:
+    from stockade.runtime import cgroups
+
+    layout = cgroups.detect_layout()
+    return layout.kind == "unified" and cgroups.delegated_parent(layout, cgroups.own_cgroups()) is not None
+
+
+def _without_cgroup(config: dict[str, Any], req: CreateRequest) -> None:
+    """Rootless on a host that gave the user no cgroup (cgroup v1, or v2 without systemd's
+    delegation): no limits can be applied, so none are asked of the runtime; the default pids
+    limit goes quietly, limits the user asked for with a warning (as podman does)."""
+    import sys
+
+    asked = [flag for flag, value in (("--memory", req.memory), ("--memory-swap", req.memory_swap),
+             ("--cpus", req.cpus), ("--cpu-shares", req.cpu_shares), ("--cpuset-cpus", req.cpuset_cpus),
+             ("--pids-limit", req.pids_limit)) if value]  # fmt: skip
+    if asked:
+        print(
+            f"WARNING: {', '.join(asked)} ignored: rootless containers get no cgroup on this host"
+            " (cgroup v2 with a delegated subtree is needed)",
+            file=sys.stderr,
+        )
+    linux = config["linux"]
+    linux["resources"] = {k: v for k, v in linux.get("resources", {}).items() if k == "devices"}
+    linux.pop("cgroupsPath", None)
 
 
 def _rlimits(req: CreateRequest) -> list[dict[str, Any]]:
@@ -346,13 +377,16 @@ def _rlimits(req: CreateRequest) -> list[dict[str, Any]]:
 def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequest, image: Image) -> list[str]:
     """The network mode into the record and the bundle; the nameservers the container gets
     ([] for the host's)."""
+    from stockade.engine import rootless
     from stockade.network.config import exposed_bindings, port_bindings_json
 
-    names = req.networks or ["bridge"]
+    names = req.networks or ["" if rootless.active() else "bridge"]
     mode = names[0]
     namespaces = config["linux"]["namespaces"]
     bindings = list(req.publish) + (exposed_bindings(image.config.exposed_ports) if req.publish_all else [])
     host_config = ctr.record["HostConfig"]
+    if rootless.active() and mode not in ("none", "host") and not mode.startswith("container:"):
+        return _usermode_network(ctr, names, bindings, req)
     if mode in ("none", "host") or mode.startswith("container:"):
         if len(names) > 1:
             raise PlanError(f"--network {mode} cannot be combined with other networks")
@@ -409,6 +443,35 @@ def _network(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequ
                 resolvers = [str(net.gateway)]  # its DNS responder
     ctr.record["NetworkSettings"] = {"Networks": wanted}
     return list(req.dns) or resolvers
+
+
+def _usermode_network(ctr: Container, names: list[str], bindings: list[Any], req: CreateRequest) -> list[str]:
+    """Rootless: pasta or slirp4netns (see network/usermode.py) instead of bridge networks."""
+    from stockade.network.config import port_bindings_json
+    from stockade.network.usermode import DRIVERS, check_options, choose, split_mode
+
+    driver, options = split_mode(names[0])
+    if len(names) > 1 or (driver and driver not in DRIVERS):
+        raise PlanError(
+            f"--network {','.join(names)}: rootless containers cannot join bridge networks (that needs root);"
+            " use pasta, slirp4netns, host or none"
+        )
+    if req.ip or req.aliases:
+        raise PlanError("--ip and --network-alias need a user-defined network (rootless: not available)")
+    check_options(driver, options)
+    driver, reason = choose(driver)
+    host_config = ctr.record["HostConfig"]
+    host_config["NetworkMode"] = driver + (":" + ",".join(options) if options else "")
+    host_config["PortBindings"] = port_bindings_json(bindings)
+    host_config["PublishAllPorts"] = req.publish_all
+    host_config["Dns"], host_config["ExtraHosts"] = list(req.dns), list(req.add_hosts)
+    for b in bindings:
+        ctr.record["Config"]["ExposedPorts"].setdefault(b.key, {})
+    ctr.record["NetworkSettings"] = {
+        "Networks": {},
+        "RootlessNetwork": {"Driver": driver, "Reason": reason, "Options": options},
+    }
+    return list(req.dns)
 
 
 def _etc_files(

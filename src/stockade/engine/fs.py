@@ -48,13 +48,6 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def _walk_upper(ctr: Container) -> Iterator[tuple[str, str, os.stat_result]]:
     """(path inside the container, host path in upper/, lstat) for every change, parents first;
     empty files and directories the runtime made only as mount points are left out."""
@@ -93,6 +86,8 @@ def diff(ctr: Container) -> list[tuple[str, str]]:
 
 def write_layer(ctr: Container, out: IO[bytes]) -> None:
     """The container's changes as an OCI layer tar: whiteouts for deletions, opaque markers."""
+    from stockade.image.unpack import is_opaque
+
     back = _shift_back(ctr)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for inside, host, st in _walk_upper(ctr):
@@ -111,7 +106,7 @@ def write_layer(ctr: Container, out: IO[bytes]) -> None:
                     tf.addfile(info, f)
             else:
                 tf.addfile(info)
-            if stat.S_ISDIR(st.st_mode) and _opaque(host):
+            if stat.S_ISDIR(st.st_mode) and is_opaque(host):
                 marker = tarfile.TarInfo(os.path.join(name, ".wh..wh..opq"))
                 tf.addfile(marker)
 

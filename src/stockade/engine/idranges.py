@@ -1,20 +1,21 @@
 """Isolated ID maps: every container gets its own 65536 host IDs from stockade's subordinate range.
 
-As root, stockade's IDs come from the `stockade` entry of /etc/subuid and /etc/subgid (added,
-after every range already there, if missing); rootless, from the caller's own entry. The range
-is cut into slices of SLICE IDs; a container takes the lowest free slice, recorded in
+Root's containers take their IDs from the `stockade` entry of /etc/subuid and /etc/subgid
+(added, after every range already there, if missing). The range is cut into slices of SLICE
+IDs; a container takes the lowest free slice, recorded in
 <root>/idranges.json under an flock, and gives it back on rm. Disjoint slices mean a process
 that escapes one container is an unprivileged stranger to the host and to every other one.
-(Rootless, a range of a single slice, the usual 65536, is shared by the caller's containers.)
+(Rootless, commands run inside the user's own user namespace, which maps the user's subordinate
+range: containers share it, as podman's do, each in a nested namespace with an identity map.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
-import pwd
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,21 @@ class SubIDRange:
 
 @dataclass(frozen=True, slots=True)
 class IDMap:
-    """A container's maps: container IDs 0..size-1 -> host uid_start.. / gid_start.."""
+    """A container's maps: container IDs 0..size-1 -> host uid_start.. / gid_start..
+
+    `cuts` are container IDs where a new map line must begin: the kernel wants each line to
+    land inside one line of the parent namespace's map (rootless: 0 is the user, 1.. its range).
+    """
 
     uid_start: int
     gid_start: int
     size: int
+    cuts: tuple[int, ...] = ()
+
+    def lines(self, host_start: int) -> list[dict[str, int]]:
+        """uidMappings / gidMappings for config.json."""
+        bounds = [0, *sorted(c for c in set(self.cuts) if 0 < c < self.size), self.size]
+        return [{"containerID": a, "hostID": host_start + a, "size": b - a} for a, b in itertools.pairwise(bounds)]
 
 
 def parse_subid(text: str, path: str) -> list[tuple[str, SubIDRange]]:
@@ -94,14 +105,6 @@ class Allocator:
         self.subgid = subgid
         state_dir.mkdir(parents=True, exist_ok=True)
 
-    def _names(self) -> tuple[str, ...]:
-        if os.geteuid() == 0:
-            return (OWNER,)
-        uid = os.geteuid()
-        with contextlib.suppress(KeyError):
-            return (pwd.getpwuid(uid).pw_name, str(uid))
-        return (str(uid),)
-
     def _range(self, path: Path) -> SubIDRange:
         """The owner's range in `path`; as root, create the `stockade` entry if missing."""
         try:
@@ -109,13 +112,9 @@ class Allocator:
         except FileNotFoundError:
             text = ""
         entries = parse_subid(text, str(path))
-        found = find_range(entries, self._names())
+        found = find_range(entries, (OWNER,))
         if found:
             return found
-        if os.geteuid() != 0:
-            raise IDRangeError(
-                f"{path}: no subordinate IDs for {self._names()[0]} (ask your admin: usermod --add-subuids)"
-            )
         new = plan_new_range(entries)
         with open(path, "a") as f:
             if text and not text.endswith("\n"):
@@ -139,6 +138,10 @@ class Allocator:
 
     def allocate(self, owner: str) -> IDMap:
         """The owner's slice (the same one again if it has one already)."""
+        from stockade.engine import rootless
+
+        if rootless.active():  # the rootless namespace's IDs are the user's: containers share them
+            return IDMap(0, 0, min(SLICE, rootless.container_id_map_size()), cuts=(1,))
         with _locked(self.lock):
             uids, gids = self._range(self.subuid), self._range(self.subgid)
             slots = self._load()
@@ -146,8 +149,6 @@ class Allocator:
                 capacity = min(uids.count, gids.count) // SLICE
                 used = set(slots.values())
                 free = next((i for i in range(capacity) if i not in used), None)
-                if capacity == 1 and os.geteuid() != 0:
-                    free = 0  # a typical rootless range holds one map: containers share it, as podman's do
                 if free is None:
                     raise IDRangeError(
                         f"no free ID range: all {capacity} slices of {SLICE} IDs are in use (remove containers or widen {self.subuid})"

@@ -222,13 +222,18 @@ class Monitor:
     def _reserve_ports(self) -> list[Any]:
         from stockade.engine import networking
 
-        if networking.mode(self.ctr.record) != "bridge":
+        if not networking.publishes(self.ctr.record):
             return []
         from stockade.network.config import bindings_from_json
-        from stockade.network.ports import reserve
+        from stockade.network.ports import release, reserve
 
         wanted = bindings_from_json(self.ctr.record["HostConfig"].get("PortBindings"))
         ports, self.port_sockets = reserve(wanted)
+        if networking.mode(self.ctr.record) != "bridge":
+            # pasta/slirp4netns bind the ports themselves: only checked free here, and let go
+            # before the runtime's fork, whose child would hold them until its execve.
+            release(self.port_sockets)
+            self.port_sockets = []
         return ports
 
     def _release_network(self, exited: bool = False) -> None:
@@ -260,10 +265,12 @@ class Monitor:
             if size:
                 self._resize(size)
         try:
+            # Between create and start: the namespace exists, the container's command has
+            # not run, so it never sees itself without its network.
             if networking.mode(ctr.record) == "bridge":
-                # Between create and start: the namespace exists, the container's command has
-                # not run, so it never sees itself without its network.
                 networking.attach(self.root, self.runroot, ctr, state.pid, ports)
+            elif networking.mode(ctr.record) in ("pasta", "slirp4netns"):
+                networking.attach_usermode(ctr, state.pid, ports)
             if self.external is not None:
                 self.external.start(ctr.id)
             else:

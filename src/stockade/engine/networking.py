@@ -20,11 +20,34 @@ SETTINGS = "network.json"
 
 
 def mode(record: dict[str, Any]) -> str:
-    """none | host | container:<id> | bridge (the default bridge or user-defined networks)."""
+    """none | host | container:<id> | pasta | slirp4netns (rootless) | bridge (the default
+    bridge or user-defined networks)."""
     first = str(record["HostConfig"].get("NetworkMode") or "none")
     if first in ("none", "host") or first.startswith("container:"):
         return first
+    if record.get("NetworkSettings", {}).get("RootlessNetwork"):
+        return first.split(":", 1)[0]
     return "bridge"
+
+
+def publishes(record: dict[str, Any]) -> bool:
+    """Whether the container's own network stack gets published ports (bridge, pasta, slirp)."""
+    return mode(record) in ("bridge", "pasta", "slirp4netns")
+
+
+def attach_usermode(ctr: Container, pid: int, ports: list[Any]) -> None:
+    """Rootless: start the container's pasta or slirp4netns (the ports were checked free)."""
+    from stockade.network.usermode import split_mode, start
+
+    driver, options = split_mode(str(ctr.record["HostConfig"]["NetworkMode"]))
+    doc = start(driver, options, pid, ports)
+    write_json(ctr.dir / SETTINGS, doc)
+    host = doc.get("HostAddress") or ""
+    write_hosts(
+        ctr,
+        {"Networks": {driver: {"IPAddress": doc["IPAddress"]}}},
+        [f"host.containers.internal:{host}"] if host else [],
+    )
 
 
 def requests(record: dict[str, Any]) -> list[Any]:
@@ -69,7 +92,12 @@ def detach(root: Path, runroot: Path, ctr: Container, exited: bool = False) -> N
     from stockade.network.endpoints import detach as detach_endpoints
 
     doc = settings(ctr)
-    if doc:
+    if doc.get("UserNet"):
+        from stockade.network.usermode import stop
+
+        stop(doc)
+        save_settings(ctr, {})
+    elif doc:
         netns_gone = exited and not _joiners_running(ctr)
         detach_endpoints(root, runroot, ctr.id, doc, netns_gone=netns_gone)
         save_settings(ctr, {})
@@ -95,10 +123,11 @@ def hosts_text(hostname: str, address: str, extra: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_hosts(ctr: Container, doc: dict[str, Any]) -> None:
+def write_hosts(ctr: Container, doc: dict[str, Any], more: list[str] | None = None) -> None:
     """Rewritten in place: the container has the file bind-mounted, a rename would not reach it."""
     address = next((e["IPAddress"] for e in (doc.get("Networks") or {}).values()), "")
-    text = hosts_text(ctr.record["Config"]["Hostname"], address, list(ctr.record["HostConfig"].get("ExtraHosts") or []))
+    extra = list(ctr.record["HostConfig"].get("ExtraHosts") or []) + (more or [])
+    text = hosts_text(ctr.record["Config"]["Hostname"], address, extra)
     with contextlib.suppress(OSError), open(ctr.dir / "hosts", "r+") as f:
         f.write(text)
         f.truncate()

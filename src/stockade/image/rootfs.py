@@ -22,9 +22,8 @@ from pathlib import Path
 from stockade.errors import StockadeError
 from stockade.image.layers import mapped_copy, shift_id, shift_tree, unpack_all
 from stockade.image.store import Image, Store
-from stockade.image.unpack import OVERLAY_OPAQUE_XATTR
-from stockade.kernel import mounts
-from stockade.kernel.namespaces import user_namespace_fd
+from stockade.image.unpack import is_opaque
+from stockade.kernel import mounts, namespaces
 from stockade.runtime.idmap import write_id_maps
 from stockade.spec.runtime import IDMapping
 
@@ -65,6 +64,8 @@ def prepare(
     target = container_dir / "rootfs"
     target.mkdir(parents=True, exist_ok=True)
     maps = (uid_maps or [], gid_maps or [])
+    if _identity(maps[0]) and _identity(maps[1]):
+        maps = ([], [])  # (rootless: the user namespace's IDs are the layers' own)
     if driver == "copy":
         return _copy_rootfs(lowers, target, *maps)
     upper, work = container_dir / "upper", container_dir / "work"
@@ -89,6 +90,10 @@ def prepare(
     return Rootfs(target, "overlay", "chown-copy", upper, copies)
 
 
+def _identity(maps: list[IDMapping]) -> bool:
+    return all(m.container_id == m.host_id for m in maps)
+
+
 def release(rootfs_target: Path) -> None:
     """Unmount a prepared rootfs (a no-op for the copy driver or if already unmounted)."""
     with contextlib.suppress(OSError):
@@ -102,6 +107,8 @@ def _overlay_context(upper: Path, work: Path) -> int:
         mounts.fsconfig_string(fs_fd, "workdir", str(work))
         # No inode index: layers are shared read-only by many overlays at once.
         mounts.fsconfig_string(fs_fd, "index", "off")
+        if not namespaces.host_root():  # rootless: trusted.* xattrs are out of reach
+            mounts.fsconfig_flag(fs_fd, "userxattr")
     except OSError:
         os.close(fs_fd)
         raise
@@ -140,7 +147,7 @@ def _empty_lower(upper: Path) -> Path:
 def _mount_idmapped_overlay(
     lowers: list[Path], upper: Path, work: Path, target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]
 ) -> None:
-    userns = user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
+    userns = namespaces.user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
     trees: list[int] = []
     fs_fd = _overlay_context(upper, work)
     try:
@@ -163,7 +170,7 @@ def attach_idmapped(source: Path, target: Path, uid_maps: list[IDMapping], gid_m
     tree = mounts.open_tree(-100, str(source), mounts.OPEN_TREE_CLONE | mounts.OPEN_TREE_CLOEXEC)
     try:
         if uid_maps:
-            userns = user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
+            userns = namespaces.user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
             try:
                 mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=userns)
             finally:
@@ -186,13 +193,6 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -205,7 +205,7 @@ def _apply_layer_copy(layer: Path, dest: Path) -> None:
     for dirpath, dirs, files in os.walk(layer):
         rel = os.path.relpath(dirpath, layer)
         out_dir = dest if rel == "." else dest / rel
-        if rel != "." and _is_opaque(dirpath) and out_dir.exists():
+        if rel != "." and is_opaque(dirpath) and out_dir.exists():
             for child in os.listdir(out_dir):
                 _remove(os.path.join(out_dir, child))
         for name in list(dirs):
@@ -257,7 +257,7 @@ def _in_lowers(rel: str, lowers: list[Path]) -> bool:
                 if _is_whiteout(pst):
                     return False
             for i in range(len(parts) - 1, 0, -1):
-                if _is_opaque(str(layer / "/".join(parts[:i]))):
+                if is_opaque(str(layer / "/".join(parts[:i]))):
                     return False
             continue
         return not _is_whiteout(st)

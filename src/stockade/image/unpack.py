@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from stockade.image.store import ImageError
-from stockade.kernel import mounts
+from stockade.kernel import mounts, namespaces
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+USER_OPAQUE_XATTR = "user.overlay.opaque"
 _RESOLVE = mounts.RESOLVE_BENEATH | mounts.RESOLVE_NO_SYMLINKS | mounts.RESOLVE_NO_MAGICLINKS | mounts.RESOLVE_NO_XDEV
 _CHUNK = 1 << 20
 
@@ -151,6 +152,10 @@ class Extractor:
     def __init__(self, root_fd: int, privileged: bool) -> None:
         self.root_fd = root_fd
         self.privileged = privileged
+        # Root of a rootless user namespace chowns within its map but may neither set trusted.*
+        # xattrs (overlayfs then reads user.overlay.*: the mount uses userxattr) nor mknod devices.
+        self.host_root = privileged and namespaces.host_root()
+        self.opaque_xattr = OVERLAY_OPAQUE_XATTR if self.host_root else USER_OPAQUE_XATTR
         self.dir_fds: OrderedDict[str, int] = OrderedDict()
         self.dir_attrs: list[tuple[str, int, tuple[int, int]]] = []
         self.size = 0
@@ -240,6 +245,8 @@ class Extractor:
         elif member.ischr() or member.isblk():
             if not self.privileged:
                 raise UnsafeLayer(f"{member.name}: device nodes need privilege (unpacking as uid {os.geteuid()})")
+            if not self.host_root:
+                return  # rootless, as podman's storage does: a user namespace can't make devices
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
             self.file_meta_at(pfd, base, member)
@@ -280,10 +287,7 @@ class Extractor:
     def whiteout(self, parent: str, base: str, name: str) -> None:
         pfd = self.parent_fd(parent, name)
         if base == OPAQUE_MARKER:
-            if self.privileged:
-                os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
-            else:
-                os.setxattr(pfd, "user.overlay.opaque", b"y")
+            os.setxattr(pfd, self.opaque_xattr if self.privileged else USER_OPAQUE_XATTR, b"y")
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return  # aufs metadata (.wh..wh.plnk and friends): nothing to do with overlayfs
@@ -341,8 +345,8 @@ class Extractor:
             if not key.startswith("SCHILY.xattr."):
                 continue
             name = key[len("SCHILY.xattr.") :]
-            if not (name.startswith("user.") or name == "security.capability"):
-                continue
+            if not (name.startswith("user.") or name == "security.capability") or name.startswith("user.overlay."):
+                continue  # (user.overlay.* is overlayfs metadata on a rootless mount: never from a tar)
             if name == "security.capability" and not self.privileged:
                 continue
             raw = value.encode("utf-8", "surrogateescape")
@@ -351,6 +355,15 @@ class Extractor:
             except OSError as exc:
                 if not isinstance(target, str):
                     raise UnsafeLayer(f"{member.name}: xattr {name}: {exc.strerror}") from None
+
+
+def is_opaque(path: str) -> bool:
+    """An overlayfs opaque directory, marked as root marks it (trusted.) or rootless (user.)."""
+    for name in (OVERLAY_OPAQUE_XATTR, USER_OPAQUE_XATTR):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
 
 
 def _mtime_ns(member: tarfile.TarInfo) -> tuple[int, int]:

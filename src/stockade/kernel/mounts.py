@@ -147,6 +147,7 @@ def locked_flags(path: str) -> int:
 FSOPEN_CLOEXEC = 0x1
 FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
 
@@ -164,6 +165,12 @@ def fsconfig_string(fs_fd: int, key: str, value: str) -> None:
         cstr(value),
         ctypes.c_int(0),
         obj=f"{key}={value}",
+    )
+
+
+def fsconfig_flag(fs_fd: int, key: str) -> None:
+    syscall(
+        "fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_FLAG), cstr(key), None, ctypes.c_int(0), obj=key
     )
 
 

@@ -92,3 +92,19 @@ def user_namespace_fd(write_maps: Callable[[int], None]) -> int:
         os.close(ready_r)
         os.close(done_w)
         os.waitpid(pid, 0)
+
+
+def in_initial_user_namespace() -> bool:
+    """Whether this process sees the whole ID space: the initial user namespace's uid_map."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True  # no /proc: nothing suggests a user namespace
+
+
+def host_root() -> bool:
+    """Root of the host: uid 0 in the initial user namespace, the only uid that may set trusted.*
+    xattrs, make cgroups and idmapped mounts on the host's filesystems. Root of a rootless
+    user namespace may chown within its map and mount overlayfs, not those."""
+    return os.geteuid() == 0 and in_initial_user_namespace()

@@ -5,6 +5,7 @@ child that can no longer import anything from the host."""
 from __future__ import annotations
 
 import ctypes
+import itertools
 import struct
 
 from stockade.kernel.libc import check, libc
@@ -79,3 +80,35 @@ def link_exists(name: str) -> bool:
     import os
 
     return os.path.exists(f"/sys/class/net/{name}")
+
+
+def local_ipv4_addresses(pid: int | str = "self") -> list[str]:
+    """The IPv4 addresses of PID's network namespace but loopback's (from its fib_trie)."""
+    try:
+        with open(f"/proc/{pid}/net/fib_trie") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found: list[str] = []
+    for previous, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL" and "|--" in previous:
+            address = previous.split("|--", 1)[1].strip()
+            if not address.startswith("127.") and address not in found:
+                found.append(address)
+    return found
+
+
+def default_gateway(pid: int | str = "self") -> str:
+    """PID's namespace's IPv4 default gateway ('' if none), from /proc/PID/net/route."""
+    import socket as _socket
+
+    try:
+        with open(f"/proc/{pid}/net/route") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[1] == "00000000" and int(fields[7], 16) == 0:
+            return _socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+    return ""

@@ -265,9 +265,11 @@ def _create_cgroup(state: State, config: Config, cleanup: _Cleanup) -> Any:
     if layout.kind == "none":
         return None
     own = cgroups.own_cgroups()
-    if os.geteuid() != 0:
+    if not kns.host_root():  # (root of a rootless user namespace owns no cgroups either)
         delegated = cgroups.delegated_parent(layout, own) if layout.kind == "unified" else None
         if delegated is None:
+            if not any(k != "devices" for k in (config.linux.resources or {})):
+                return None  # nothing asked that a cgroup would give
             print(
                 "stockade-runtime: warning: running rootless without a delegated cgroup: no resource limits",
                 file=sys.stderr,
