@@ -9,7 +9,10 @@ the host's iperf3 client measures, in one run:
   - directly to the container's address          (the veth and the bridge alone)
   - host loopback, no container                  (the ceiling)
 The container runs the host's iperf3 binary and libraries, bind-mounted read-only (busybox has
-none). Nothing is asserted: it prints Gbit/s and ratios. Goal: published >= 90% of direct.
+none). Then rootless, as a user made for the run: stockade with pasta and with slirp4netns, and
+podman's rootless default, through a published port on 127.0.0.1.
+Nothing is asserted: it prints Gbit/s and ratios. Goals: published >= 90% of direct; rootless
+(our default, pasta) at least as fast as podman's rootless default.
 """
 
 from __future__ import annotations
@@ -109,8 +112,88 @@ def main() -> int:
     print(f"\nnetwork benchmark: iperf3 TCP host -> container, best of 3 x {args.seconds} s")
     for scenario, rate in results.items():
         print(f"{scenario:40} {rate:7.2f} Gbit/s   {rate / direct_rate:5.2f}x direct")
-    print("rootless (pasta vs slirp4netns): not measured - stockade has no rootless engine yet")
+    rootless = rootless_rates(args.seconds)
+    if rootless:
+        print(f"\nrootless: iperf3 host -> published port on 127.0.0.1, best of 3 x {args.seconds} s")
+        base_rate = rootless.get("podman rootless default (slirp4netns + rootlessport)")
+        for scenario, rate in rootless.items():
+            ratio = f"   {rate / base_rate:5.2f}x podman" if base_rate else ""
+            print(f"{scenario:52} {rate:7.2f} Gbit/s{ratio}")
     return 0
+
+
+BENCH_USER = "stockade-bench"
+BENCH_SUBIDS = 320_000_000
+
+
+def rootless_rates(seconds: int) -> dict[str, float]:
+    """stockade as a normal user with pasta and slirp4netns, and podman's rootless default, each
+    serving iperf3 on a published port. A user with a subordinate range is made for the run and
+    removed after; /dev/net/tun is opened to users meanwhile (as Debian's udev rules do)."""
+    import pwd
+
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "newuidmap", "setpriv", "pasta")):
+        print("rootless bench skipped: needs root, useradd, uidmap, setpriv and passt")
+        return {}
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", BENCH_USER],
+                          capture_output=True).returncode == 0  # fmt: skip
+    subid_files = {f: Path(f).read_text() for f in ("/etc/subuid", "/etc/subgid")}
+    for f, text in subid_files.items():
+        Path(f).write_text(
+            text + ("" if text.endswith("\n") or not text else "\n") + f"{BENCH_USER}:{BENCH_SUBIDS}:65536\n"
+        )
+    tun_mode = os.stat("/dev/net/tun").st_mode & 0o777
+    os.chmod("/dev/net/tun", 0o666)
+    base = Path(tempfile.mkdtemp(prefix="stockade-rootless-bench-"))
+    os.chmod(base, 0o711)
+    entry = pwd.getpwnam(BENCH_USER)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "stockade", base / "src" / "stockade")
+    for d in ("home", "run", "rootfs/bin", "rootfs/tmp"):
+        (base / d).mkdir(parents=True)
+    shutil.copy("/bin/busybox", base / "rootfs/bin/busybox")
+    os.chmod(base / "rootfs/tmp", 0o1777)
+    run(["tar", "-C", str(base / "rootfs"), "-cf", str(base / "busybox.tar"), "."])
+    for path in [base, *base.rglob("*")]:
+        os.lchown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(base / "run", 0o700)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run"),
+           "PYTHONPATH": str(base / "src"), "STOCKADE_HOST_IDLE": "5"}  # fmt: skip
+    as_user = ["setpriv", "--reuid", str(entry.pw_uid), "--regid", str(entry.pw_gid), "--clear-groups"]
+    stockade = [*as_user, "/usr/bin/python3", "-c", "import sys; from stockade.cli.main import main; sys.exit(main())"]
+    serve = ["-v", f"{LIBDIR}:{LIBDIR}:ro", "-v", "/usr/bin/iperf3:/iperf3:ro"]
+    server = [LOADER, "--library-path", LIBDIR, "/iperf3", "-s"]
+    results: dict[str, float] = {}
+    try:
+        run([*stockade, "image", "build-base", "busybox"], env)
+        for driver in ("pasta", "slirp4netns"):
+            if not shutil.which(driver):
+                continue
+            port = free_port()
+            run([*stockade, "run", "-d", "--name", driver, "--network", driver, "-p", f"{port}:5201", *serve,
+                 "busybox", *server], env)  # fmt: skip
+            results[f"stockade rootless, {driver}"] = iperf("127.0.0.1", port, seconds)
+            run([*stockade, "rm", "-f", driver], env)
+        if shutil.which("podman"):
+            podman = [*as_user, "podman", "--runtime", "runc"]
+            run([*podman, "import", str(base / "busybox.tar"), "localhost/bench-busybox"], env)
+            port = free_port()
+            run([*podman, "run", "-d", "--name", "iperf", "-p", f"{port}:5201", *serve,
+                 "localhost/bench-busybox", *server], env)  # fmt: skip
+            results["podman rootless default (slirp4netns + rootlessport)"] = iperf("127.0.0.1", port, seconds)
+            run([*podman, "rm", "-f", "iperf"], env)
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        print(f"rootless bench: {str(detail).strip()[-300:]}")
+    finally:
+        subprocess.run(["pkill", "-9", "-u", BENCH_USER], capture_output=True)  # pause processes, conmon
+        time.sleep(0.5)
+        shutil.rmtree(base, ignore_errors=True)
+        os.chmod("/dev/net/tun", tun_mode)
+        for f, text in subid_files.items():
+            Path(f).write_text(text)
+        if made:
+            subprocess.run(["userdel", BENCH_USER], capture_output=True)
+    return results
 
 
 if __name__ == "__main__":
