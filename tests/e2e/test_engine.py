@@ -249,6 +249,59 @@ def test_cli_killed_mid_run_leaves_container_and_logs(engine: Engine) -> None:
     assert len(lines) >= 3 and lines[:3] == ["tick 0", "tick 1", "tick 2"]
 
 
+def _served_workers(engine: Engine, cwd: Path) -> list[int]:
+    """The monitor host's children working in `cwd`: command workers (cli/served.py) run in
+    their client's working directory, monitors in the run root."""
+    host = int((engine.root / "run" / "monitor-host.pid").read_text())
+    found = []
+    for child in Path(f"/proc/{host}/task/{host}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{child}/cwd") == str(cwd):
+                found.append(int(child))
+    return found
+
+
+def test_commands_served_by_the_warm_host(engine: Engine, tmp_path: Path) -> None:
+    """bin/stockade hands commands to the monitor host: they still get the caller's working
+    directory, environment, stdio and exit status; a killed client takes its worker along,
+    and a signal to the client reaches the command."""
+    engine("run", "-d", "--name", "keeper", "--network", "none", "busybox", "sleep", "300")
+    assert (engine.root / "run" / "monitor-host.sock").exists()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {**engine.env, "GREETING": "hello-served"}
+    proc = subprocess.run([STOCKADE, "run", "--rm", "--network", "none", "-e", "GREETING", "-i", "busybox", "sh", "-c",
+                           "echo $GREETING; cat; exit 3"], env=env, cwd=work, input="from-stdin\n",
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (3, "hello-served\nfrom-stdin\n"), proc.stderr
+    subprocess.run([STOCKADE, "cp", "keeper:/etc/hostname", "copied"], env=env, cwd=work, check=True, timeout=30)
+    assert (work / "copied").read_text().strip() == engine.inspect("keeper")["Config"]["Hostname"]
+    bad = subprocess.run([STOCKADE, "inspect", "nosuch"], env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "no such container" in bad.stderr.lower()
+    # A client killed: its worker goes too (a foreground `logs -f` would otherwise live on).
+    client = subprocess.Popen([STOCKADE, "logs", "-f", "keeper"], env=env, cwd=work, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not _served_workers(engine, work) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = _served_workers(engine, work)
+    assert workers, "the command was not served by the host"
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 5
+    while any(
+        os.path.exists(f"/proc/{w}") and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2] for w in workers
+    ):
+        assert time.monotonic() < deadline, "the worker outlived its killed client"
+        time.sleep(0.02)
+    # SIGINT to the client reaches the command (here: `logs -f` stops, as docker's does).
+    client = subprocess.Popen([STOCKADE, "logs", "-f", "keeper"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.5)
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=10) in (0, 130)
+    engine("rm", "-f", "keeper")
+
+
 def test_monitor_killed_state_still_true(engine: Engine) -> None:
     engine("run", "-d", "--name", "orphan", "busybox", "sleep", "60")
     state = json.loads((engine.root / "containers" / engine.inspect("orphan")["Id"] / "state.json").read_text())
@@ -281,7 +334,7 @@ def test_twenty_containers_in_parallel_then_nothing_left(engine: Engine) -> None
     assert engine("ps", "-aq").stdout == ""
     assert os.listdir(engine.root / "containers") == [".lock"]
     assert json.loads((engine.root / "idranges.json").read_text()) == {}
-    assert not os.listdir(engine.root / "run" / "runtime")
+    assert not [n for n in os.listdir(engine.root / "run" / "runtime") if not n.startswith(".")]
     assert not [h for h in os.listdir(engine.root / "images" / "holds") if h.startswith("ctr-")]
     cgroups = [p for p in Path("/sys/fs/cgroup/memory/stockade").glob("*") if p.name in ids]
     assert not cgroups

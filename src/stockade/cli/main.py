@@ -80,6 +80,25 @@ def _enter_rootless(root: Path) -> None:
     rootless.enter(runroot)
 
 
+def _offer_commands_to_host() -> None:
+    """A monitor host forked from this process will also serve whole commands to bin/stockade
+    (see cli/served.py). Root only: a rootless user's commands must join its namespace first."""
+    from stockade.cli import served
+    from stockade.engine import host
+
+    host.set_cli_handler(served.serve, served.warm_up)
+
+
+HOST_COMMANDS = CONTAINER_SHORT_FORMS | {"container", "network", "volume"}
+
+
+def _start_host(root: Path) -> None:
+    from stockade.engine import host
+    from stockade.engine.lifecycle import runroot_for
+
+    host.ensure_running(runroot_for(root))
+
+
 def _split_globals(args: list[str]) -> tuple[str | None, bool, list[str]]:
     root, debug = None, False
     while args and args[0].startswith("-"):
@@ -154,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         root = data_root(root_flag)
         if os.geteuid() != 0 and args[0] not in NO_STORE_COMMANDS:
             _enter_rootless(root)
+        elif "stockade.cli.served" not in sys.modules:
+            _offer_commands_to_host()
+            code = dispatch(root, args)
+            if args[0] in HOST_COMMANDS and os.environ.get("STOCKADE_NO_HOST") != "1":
+                _start_host(root)  # this command ran cold: the next ones need not
+            return code
         return dispatch(root, args)
     except StockadeError as exc:
         if debug:

@@ -9,6 +9,13 @@ run in their own sessions and outlive the host: killing it never touches a conta
 
 Request: one JSON line {"root", "id", "hello"}; the host forks, and the monitor keeps the
 connection as its first client (so a foreground `run` misses none of the output).
+
+The host also serves whole commands (request line `cli`): bin/stockade, a small client that
+imports next to nothing, sends its argv, environment, working directory and stdio descriptors
+(SCM_RIGHTS); a fork of the host runs the command with everything already imported and sends
+back the exit status. The serving code belongs to the CLI layer, which registers it here
+(`set_cli_handler`) before the host is forked. A client that dies takes its worker with it
+(SIGKILL, as if the command itself had been killed).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stockade.engine import stream
@@ -28,6 +36,15 @@ from stockade.kernel import process as kproc
 
 SOCKET = "monitor-host.sock"
 IDLE_SECONDS = float(os.environ.get("STOCKADE_HOST_IDLE", "30"))
+CLI_REQUEST = b"cli\n"
+
+# The CLI layer's command server: (serve(conn) in a fresh fork, warm_up() once in the host).
+_cli_handler: tuple[Callable[[socket.socket], None], Callable[[], None]] | None = None
+
+
+def set_cli_handler(serve: Callable[[socket.socket], None], warm_up: Callable[[], None]) -> None:
+    global _cli_handler
+    _cli_handler = (serve, warm_up)
 
 
 def spawn_monitor(root: Path, runroot: Path, cid: str, hello: dict[str, object]) -> socket.socket:
@@ -38,6 +55,12 @@ def spawn_monitor(root: Path, runroot: Path, cid: str, hello: dict[str, object])
     sock.sendall(request)
     sock.sendall(stream.json_frame(stream.HELLO, hello))
     return sock
+
+
+def ensure_running(runroot: Path) -> None:
+    """Start the host for `runroot` if none runs (so the next commands are served warm)."""
+    with contextlib.suppress(OSError):
+        _connect_or_start(runroot).close()
 
 
 def _connect_or_start(runroot: Path) -> socket.socket:
@@ -116,24 +139,47 @@ def serve(listener: socket.socket) -> None:
 
     signals.set_handler(signals.SIGPIPE, signals.SIG_IGN)
     _warm_up()
+    if _cli_handler is not None:
+        _cli_handler[1]()
     gc.collect()
     gc.freeze()  # the collector would otherwise write to every shared object after fork
     children: set[int] = set()
+    clients: dict[int, tuple[socket.socket, int]] = {}  # fd of a command's client -> (it, worker)
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
     last = time.monotonic()
     while True:
-        ready, _, _ = select.select([listener], [], [], 1.0)
+        events = dict(poller.poll(1000))
         children -= _reaped(children)
-        if ready:
+        for fd in [fd for fd in events if fd in clients]:  # (only hang-ups are asked for)
+            conn, worker = clients.pop(fd)
+            poller.unregister(fd)
+            _client_gone(conn, worker, children)
+        if listener.fileno() in events:
             with contextlib.suppress(OSError):
                 conn, _ = listener.accept()
-                pid = _spawn(conn, listener)
+                pid, is_cli = _spawn(conn, [listener, *(c for c, _ in clients.values())])
                 if pid:
                     children.add(pid)
+                if pid and is_cli:
+                    clients[conn.fileno()] = (conn, pid)
+                    # POLLRDHUP: the client's close, even while its request is still unread.
+                    poller.register(conn, select.POLLRDHUP)
+                else:
+                    conn.close()
             last = time.monotonic()
         elif not children and time.monotonic() - last > IDLE_SECONDS:
             with contextlib.suppress(OSError):
                 os.unlink(SOCKET)  # relative to the run root, our cwd
             return
+
+
+def _client_gone(conn: socket.socket, worker: int, children: set[int]) -> None:
+    """The client hung up. If its worker still runs, the client was killed: so is it."""
+    if worker in children:  # not reaped yet, so the pid is still that worker's
+        with contextlib.suppress(OSError):
+            os.kill(worker, 9)
+    conn.close()
 
 
 def _reaped(children: set[int]) -> set[int]:
@@ -148,7 +194,7 @@ def _reaped(children: set[int]) -> set[int]:
     return done
 
 
-def _read_request(conn: socket.socket) -> dict[str, str]:
+def _read_line(conn: socket.socket) -> bytes:
     data = b""
     conn.settimeout(5)
     while not data.endswith(b"\n"):
@@ -157,21 +203,26 @@ def _read_request(conn: socket.socket) -> dict[str, str]:
             raise OSError("monitor host: request cut short")
         data += chunk
     conn.settimeout(None)
-    return dict(json.loads(data))
+    return data
 
 
-def _spawn(conn: socket.socket, listener: socket.socket) -> int:
+def _spawn(conn: socket.socket, not_for_child: list[socket.socket]) -> tuple[int, bool]:
+    """Fork the monitor or command worker `conn` asks for: (its pid or 0, whether a command)."""
     try:
-        req = _read_request(conn)
+        line = _read_line(conn)
+        is_cli = line == CLI_REQUEST and _cli_handler is not None
+        req = {} if is_cli else dict(json.loads(line))
     except (OSError, ValueError):
-        conn.close()
-        return 0
+        return 0, False
     pid = os.fork()
     if pid:
-        conn.close()
-        return pid
+        return pid, is_cli
     try:
-        listener.close()
+        for other in not_for_child:  # the listener, other commands' clients
+            other.close()
+        if is_cli and _cli_handler is not None:
+            _cli_handler[0](conn)
+            return 0, True
         from stockade.engine.monitor import main
 
         runroot = Path(os.getcwd())
@@ -181,7 +232,7 @@ def _spawn(conn: socket.socket, listener: socket.socket) -> int:
             conn.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))
     finally:
         os._exit(0)
-    return 0
+    return 0, False
 
 
 def stop_host(runroot: Path) -> None:

@@ -26,6 +26,7 @@ _NR_X86_64 = {
     "pidfd_open": 434,
     "openat2": 437,
     "mount_setattr": 442,
+    "seccomp": 317,
 }
 _NR_AARCH64 = {
     "pivot_root": 41,
@@ -39,6 +40,7 @@ _NR_AARCH64 = {
     "pidfd_open": 434,
     "openat2": 437,
     "mount_setattr": 442,
+    "seccomp": 277,
 }
 NR = _NR_AARCH64 if os.uname().machine == "aarch64" else _NR_X86_64
 

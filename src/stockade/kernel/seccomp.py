@@ -1,4 +1,5 @@
-"""A thin binding of the system's libseccomp.so.2 (we never hand-assemble seccomp BPF)."""
+"""A thin binding of the system's libseccomp.so.2 (we never hand-assemble seccomp BPF), and
+seccomp(2) itself for loading a program libseccomp compiled earlier (`export_bpf`)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ def lib() -> ctypes.CDLL:
         handle.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
         handle.seccomp_load.argtypes = [ctypes.c_void_p]
         handle.seccomp_notify_fd.argtypes = [ctypes.c_void_p]
+        handle.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        handle.seccomp_version.restype = ctypes.c_void_p
         _lib = handle
     return _lib
 
@@ -116,6 +119,49 @@ class Filter:
 
     def notify_fd(self) -> int:
         return _check(lib().seccomp_notify_fd(self.ctx), "seccomp_notify_fd")
+
+    def export_bpf(self) -> bytes:
+        """The compiled program, as seccomp_load would load it."""
+        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            _check(lib().seccomp_export_bpf(self.ctx, fd), "seccomp_export_bpf")
+            os.lseek(fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+
+# seccomp(2) operation and the filter flags libseccomp's attributes stand for
+SECCOMP_SET_MODE_FILTER = 1
+FILTER_FLAG_TSYNC = 1
+FILTER_FLAG_LOG = 2
+FILTER_FLAG_SPEC_ALLOW = 4
+FILTER_FLAG_WAIT_KILLABLE_RECV = 32
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_program(program: bytes, flags: int) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, program): the caller must have no_new_privs set
+    or CAP_SYS_ADMIN in its user namespace."""
+    from stockade.kernel.libc import syscall
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    syscall("seccomp", ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), ctypes.byref(prog), obj="filter")
+
+
+def library_version() -> str:
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    v = ctypes.cast(lib().seccomp_version(), ctypes.POINTER(_Version)).contents
+    return f"{v.major}.{v.minor}.{v.micro}"
 
 
 def resolve_syscall(name: str) -> int:

@@ -72,7 +72,7 @@ from stockade.runtime.finalize import (
 from stockade.runtime.hooks import run_hooks
 from stockade.runtime.idmap import write_id_maps
 from stockade.runtime.lsm import LsmPlan, apply_lsm
-from stockade.runtime.security import Seccomp, prepare_lsm, prepare_seccomp
+from stockade.runtime.security import SECCOMP_CACHE, Seccomp, prepare_lsm, prepare_seccomp
 from stockade.runtime.state import CONFIG_FILE, EXEC_FIFO, State
 from stockade.runtime.trace import trace
 from stockade.spec.runtime import Config
@@ -116,7 +116,7 @@ def create_container(
         trace("parent: state dir and exec fifo made")
         cgroup = _create_cgroup(state, config, cleanup)
         trace("parent: cgroup made, limits applied")
-        seccomp = prepare_seccomp(config)
+        seccomp = prepare_seccomp(config, os.path.join(root, SECCOMP_CACHE))
         cleanup.seccomp = seccomp
         if opts.lsm is None:
             opts.lsm = prepare_lsm(config)

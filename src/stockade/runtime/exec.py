@@ -37,7 +37,7 @@ from stockade.runtime.finalize import (
     process_env,
 )
 from stockade.runtime.lsm import LsmPlan, apply_lsm
-from stockade.runtime.security import Seccomp, prepare_lsm, prepare_seccomp
+from stockade.runtime.security import SECCOMP_CACHE, Seccomp, prepare_lsm, prepare_seccomp
 from stockade.runtime.state import State
 from stockade.spec.runtime import Config, Process, load_config
 
@@ -75,7 +75,7 @@ def exec_process(state: State, config: Config, process: Process, opts: ExecOptio
         if kproc.proc_start_time(state.pid) != state.start_time:
             raise ContainerError(f"container {state.id} is stopped, cannot exec in it")
         manager = cgroup_manager(state)
-        seccomp = prepare_seccomp(config)
+        seccomp = prepare_seccomp(config, os.path.join(os.path.dirname(state.dir), SECCOMP_CACHE))
         opts.lsm = prepare_lsm(config)
         proxy = None
         if process.terminal and not opts.console_socket and not opts.detach:

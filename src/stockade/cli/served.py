@@ -1,0 +1,113 @@
+"""Commands run by the warm monitor host for bin/stockade's small client (see engine/host.py).
+
+Why: a fresh interpreter that imports the CLI costs ~80 ms before any work; a fork of the host,
+which has imported everything once, starts in about a millisecond. The client sends
+
+    "cli\\n", then a 4-byte length and NUL-separated fields: cwd, argc, argv..., KEY=VALUE...
+    with its stdin, stdout and stderr attached (SCM_RIGHTS)
+
+and the worker answers its pid (4 bytes; the client relays SIGINT, SIGTERM, SIGHUP, SIGWINCH
+to it) and, at the end, the exit status (4 bytes). The worker takes the client's descriptors,
+directory and environment, so a command behaves exactly as if run in the client's process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import sys
+
+FIELD = b"\0"
+MAX_REQUEST = 1 << 20
+
+
+def serve(conn: socket.socket) -> None:
+    """In a fresh fork of the host: run one command for the client on `conn`."""
+    fds, payload = _receive(conn)
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != os.geteuid() or len(fds) != 3:  # (the socket's directory admits only us anyway)
+        return
+    fields = payload.split(FIELD)
+    cwd, argc = fields[0], int(fields[1])
+    argv = [os.fsdecode(a) for a in fields[2 : 2 + argc]]
+    env = dict(item.split(b"=", 1) for item in fields[2 + argc :] if b"=" in item)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    _new_stdio()
+    os.chdir(cwd)
+    os.environb.clear()
+    os.environb.update(env)
+    conn.sendall(struct.pack("!i", os.getpid()))
+    code = _run(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    conn.sendall(struct.pack("!i", code))
+
+
+def _receive(conn: socket.socket) -> tuple[list[int], bytes]:
+    conn.settimeout(5)
+    head, ancillary, _flags, _addr = conn.recvmsg(4, socket.CMSG_SPACE(3 * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - len(data) % 4, 4)]
+    if len(head) != 4:
+        raise OSError("command request cut short")
+    size = struct.unpack("!i", head)[0]
+    if not 0 <= size <= MAX_REQUEST:
+        raise OSError("command request too large")
+    payload = b""
+    while len(payload) < size:
+        chunk = conn.recv(size - len(payload))
+        if not chunk:
+            raise OSError("command request cut short")
+        payload += chunk
+    conn.settimeout(None)
+    return fds, payload
+
+
+def _new_stdio() -> None:
+    """Text streams over the client's descriptors, buffered as the interpreter would have made
+    them for it (line-buffered on a terminal)."""
+    sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), errors="surrogateescape")  # noqa: SIM115
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        raw = open(fd, "wb", closefd=False)  # noqa: SIM115 (stdio for the rest of the process)
+        tty = os.isatty(fd)
+        wrapper = io.TextIOWrapper(raw, errors="backslashreplace" if fd == 2 else "surrogateescape",
+                                   line_buffering=tty or fd == 2, write_through=fd == 2)  # fmt: skip
+        setattr(sys, name, wrapper)
+
+
+def _run(argv: list[str]) -> int:
+    from stockade.cli.main import main
+
+    sys.argv = ["stockade", *argv]
+    try:
+        return int(main(argv) or 0)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def warm_up() -> None:
+    """Once, in the host: everything a command may import, so that workers start warm."""
+    import argparse  # noqa: F401
+
+    import stockade.cli.attach
+    import stockade.cli.container
+    import stockade.cli.container_more
+    import stockade.cli.format
+    import stockade.cli.image
+    import stockade.cli.main
+    import stockade.cli.network
+    import stockade.engine.execute  # noqa: F401
