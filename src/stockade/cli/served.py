@@ -41,6 +41,9 @@ def serve(conn: socket.socket) -> None:
     os.environb.clear()
     os.environb.update(env)
     conn.sendall(struct.pack("!i", os.getpid()))
+    from stockade.engine import host
+
+    host.serving_commands()
     code = _run(argv)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -110,4 +113,7 @@ def warm_up() -> None:
     import stockade.cli.image
     import stockade.cli.main
     import stockade.cli.network
-    import stockade.engine.execute  # noqa: F401
+    import stockade.engine.execute
+
+    stockade.cli.container.create_parser(run=True)
+    stockade.cli.container.create_parser(run=False)

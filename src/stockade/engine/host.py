@@ -38,6 +38,7 @@ SOCKET = "monitor-host.sock"
 IDLE_SECONDS = float(os.environ.get("STOCKADE_HOST_IDLE", "30"))
 CLI_REQUEST = b"cli\n"
 
+_in_worker = False  # this process is a command worker (see serving_commands)
 # The CLI layer's command server: (serve(conn) in a fresh fork, warm_up() once in the host).
 _cli_handler: tuple[Callable[[socket.socket], None], Callable[[], None]] | None = None
 
@@ -49,12 +50,40 @@ def set_cli_handler(serve: Callable[[socket.socket], None], warm_up: Callable[[]
 
 def spawn_monitor(root: Path, runroot: Path, cid: str, hello: dict[str, object]) -> socket.socket:
     """Ask the host (started now if need be) for a monitor for container `cid`; the returned
-    socket is connected to that monitor."""
-    request = json.dumps({"root": str(root), "id": cid}).encode() + b"\n"
-    sock = _connect_or_start(runroot)
-    sock.sendall(request)
+    socket is connected to that monitor. A command the host serves is a fork of it already:
+    it forks the monitor itself (saving the round trip and the host's own fork)."""
+    if _in_worker:
+        sock = _fork_monitor(root, runroot, cid)
+    else:
+        sock = _connect_or_start(runroot)
+        sock.sendall(json.dumps({"root": str(root), "id": cid}).encode() + b"\n")
     sock.sendall(stream.json_frame(stream.HELLO, hello))
     return sock
+
+
+def serving_commands() -> None:
+    """Called in a command worker (cli/served.py): monitors are forked here from now on."""
+    global _in_worker
+    _in_worker = True
+
+
+def _fork_monitor(root: Path, runroot: Path, cid: str) -> socket.socket:
+    """Double fork: the monitor is nobody's child (and has none of this command's stdio)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            ours.close()
+            if os.fork():
+                os._exit(0)
+            kproc.detach_stdio(keep=theirs.fileno())
+            os.chdir(runroot)
+            _be_monitor(root, runroot, cid, theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    os.waitpid(pid, 0)
+    return ours
 
 
 def ensure_running(runroot: Path) -> None:
@@ -223,16 +252,20 @@ def _spawn(conn: socket.socket, not_for_child: list[socket.socket]) -> tuple[int
         if is_cli and _cli_handler is not None:
             _cli_handler[0](conn)
             return 0, True
-        from stockade.engine.monitor import main
-
-        runroot = Path(os.getcwd())
-        main(Path(req["root"]), runroot, req["id"], conn)
-    except BaseException as exc:  # the monitor's last words go to its container's client
-        with contextlib.suppress(Exception):
-            conn.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))
+        _be_monitor(Path(req["root"]), Path(os.getcwd()), req["id"], conn)
     finally:
         os._exit(0)
     return 0, False
+
+
+def _be_monitor(root: Path, runroot: Path, cid: str, conn: socket.socket) -> None:
+    try:
+        from stockade.engine.monitor import main
+
+        main(root, runroot, cid, conn)
+    except BaseException as exc:  # the monitor's last words go to its container's client
+        with contextlib.suppress(Exception):
+            conn.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))
 
 
 def stop_host(runroot: Path) -> None:
