@@ -87,7 +87,7 @@ def take_down(e: Engine, tables_before: bool) -> None:
         e("rm", "-f", *ids, check=False)
     take_down_all(e.root, e.root / "run")
     if not tables_before:
-        for family in ("ip", "bridge"):
+        for family in ("ip", "ip6", "bridge"):
             with contextlib.suppress(OSError):
                 nftables.run([{"delete": {"table": {"family": family, "name": "stockade"}}}])
     stop_host(e.root / "run")

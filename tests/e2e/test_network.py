@@ -34,7 +34,7 @@ def _links() -> set[str]:
 def _our_ruleset() -> list[dict[str, Any]]:
     """stockade's tables as nft lists them, handles dropped (they are not ours to compare)."""
     out = []
-    for family in ("ip", "bridge"):
+    for family in ("ip", "ip6", "bridge"):
         for obj in nftables.list_ruleset(family, "stockade"):
             for body in obj.values():
                 body.pop("handle", None)
@@ -51,9 +51,11 @@ def net(tmp_path: Path) -> Any:
     links_before = _links()
     tables_before = _nft_tables()
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    forward6 = Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text()
     yield e
     take_down(e, tables_before)
     Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+    Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text(forward6)
     assert _wait_links(links_before), f"links left: {_links() - links_before}"
 
 
@@ -363,3 +365,37 @@ def test_a_crashed_monitor_leaves_nothing_once_noticed(net: Engine) -> None:
     assert after != rules_running and str(port) not in json.dumps(after)
     _server(net, "heir", "--network", "fragile", "-p", f"{port}:80", "--hostname", "heir")  # the port is free again
     assert _get(f"http://127.0.0.1:{port}/") == "hello-from-heir"
+
+
+def test_ipv6_network_addresses_names_and_isolation(net: Engine) -> None:
+    """--ipv6: a ULA /64 beside the IPv4 subnet; containers get both, their names resolve to
+    AAAA records, the gateway answers; --internal has no IPv6 route out; rules go with rm."""
+    net("network", "create", "--ipv6", "v6net")
+    doc = json.loads(net("network", "inspect", "v6net").stdout)[0]
+    assert doc["EnableIPv6"] is True
+    subnet6 = next(c for c in doc["IPAM"]["Config"] if ":" in c["Subnet"])
+    assert subnet6["Subnet"].startswith("fd") and subnet6["Subnet"].endswith("::/64")
+    net("run", "-d", "--network", "v6net", "--name", "web6", "busybox", "sh", "-c", HTTPD)
+    ep = net.inspect("web6")["NetworkSettings"]["Networks"]["v6net"]
+    addr6, gw6 = ep["GlobalIPv6Address"], ep["IPv6Gateway"]
+    assert addr6 and ep["GlobalIPv6PrefixLen"] == 64 and gw6 == subnet6["Gateway"]
+    script = (f"wget -q -O- http://[{addr6}]/index.html; ping -6 -c1 -W3 web6 | head -1; "
+              f"ping -6 -c1 -W3 {gw6} >/dev/null && echo gateway-ok; ip -6 route | grep -c default")  # fmt: skip
+    out = net("run", "--rm", "--network", "v6net", "busybox", "sh", "-c", script).stdout.splitlines()
+    assert out[0].startswith("hello-from-")
+    assert f"({addr6})" in out[1]  # the name resolved to its AAAA record
+    assert out[2:] == ["gateway-ok", "1"]
+    net("network", "create", "--ipv6", "--internal", "v6int")
+    routes = net("run", "--rm", "--network", "v6int", "busybox", "ip", "-6", "route").stdout
+    assert "default" not in routes and "/64" in routes
+    # Overlaps and bad flags are refused before anything is made.
+    net("network", "create", "--ipv6", "--subnet", "fd99:1::/64", "v6a")
+    clash = net("network", "create", "--ipv6", "--subnet", "fd99:1::/80", "v6b", check=False)
+    assert clash.returncode == 1 and 'overlaps network "v6a" (IPv6)' in clash.stderr
+    bad = net("network", "create", "--subnet", "fd99:2::/64", "v6c", check=False)
+    assert bad.returncode == 125 and "needs --ipv6" in bad.stderr
+    net("rm", "-f", "web6")
+    for name in ("v6net", "v6int", "v6a"):
+        net("network", "rm", name)
+    rules6 = [o for o in nftables.list_ruleset("ip6", "stockade") if "rule" in o]
+    assert rules6 == [], rules6

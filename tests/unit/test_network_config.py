@@ -136,3 +136,39 @@ def test_network_rules_follow_the_network_kind() -> None:
     assert sum(1 for c, _ in internal if c == "postrouting") == 2  # no egress masquerade
     assert sum(1 for c, _ in internal if c == "forward") == 3
     assert sum(1 for c, _ in chains(False, True) if c == "forward") == 2
+
+
+def test_ipv6_subnets_gateways_and_ula_choice() -> None:
+    import ipaddress
+
+    from stockade.network.config import choose_subnet6, parse_gateway6, parse_subnet6
+
+    net = parse_subnet6("fd12:3456:789a::/64")
+    assert parse_gateway6("fd12:3456:789a::1", net) == ipaddress.IPv6Address("fd12:3456:789a::1")
+    for bad in ("fd12::/130", "10.0.0.0/8", "fd12::1/64"):
+        with pytest.raises(NetworkError):
+            parse_subnet6(bad)
+    with pytest.raises(NetworkError, match="not a host address"):
+        parse_gateway6("fd00::1", net)
+    chosen = choose_subnet6("ab" * 32, {})
+    assert chosen.prefixlen == 64 and str(chosen).startswith("fd")
+    taken = {"x": chosen}
+    assert not choose_subnet6("ab" * 32, taken).overlaps(chosen)
+
+
+def test_dns_answers_aaaa_for_ipv6_members() -> None:
+    import struct
+
+    from stockade.network.dns import TYPE_A, TYPE_AAAA, answer, records_of
+
+    doc = {"Containers": {"c" * 64: {"Name": "web", "IPv4Address": "10.1.0.2/16", "IPv6Address": "fd00:1::2/64"}}}
+    found = records_of(doc)["web"]
+    assert found == ["10.1.0.2", "fd00:1::2"]
+
+    def query(qtype: int) -> bytes:
+        return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03web\x00" + struct.pack("!HH", qtype, 1)
+
+    aaaa = answer(query(TYPE_AAAA), found)
+    assert struct.unpack("!H", aaaa[6:8])[0] == 1 and aaaa.endswith(bytes.fromhex("fd000001" + "00" * 10 + "0002"))
+    a = answer(query(TYPE_A), found)
+    assert struct.unpack("!H", a[6:8])[0] == 1 and a.endswith(bytes([10, 1, 0, 2]))

@@ -437,8 +437,9 @@ def _network_doc(ctr: Container, running: bool) -> dict[str, Any]:
             "IPAMConfig": asked.get("IPAMConfig"), "Links": None, "Aliases": asked.get("Aliases") or None,
             "NetworkID": asked.get("NetworkID", ""), "EndpointID": have.get("EndpointID", ""),
             "Gateway": have.get("Gateway", ""), "IPAddress": have.get("IPAddress", ""),
-            "IPPrefixLen": have.get("IPPrefixLen", 0), "IPv6Gateway": "", "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0, "MacAddress": have.get("MacAddress", ""),
+            "IPPrefixLen": have.get("IPPrefixLen", 0), "IPv6Gateway": have.get("IPv6Gateway", ""),
+            "GlobalIPv6Address": have.get("GlobalIPv6Address", ""),
+            "GlobalIPv6PrefixLen": have.get("GlobalIPv6PrefixLen", 0), "MacAddress": have.get("MacAddress", ""),
             "DNSNames": [ctr.name, ctr.short_id, *(asked.get("Aliases") or [])] if have else None,
         }  # fmt: skip
     first = next(iter(networks.values()), {})
@@ -450,6 +451,8 @@ def _network_doc(ctr: Container, running: bool) -> dict[str, Any]:
         "Ports": got.get("Ports") or {}, "HairpinMode": False,
         "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
         "Gateway": first.get("Gateway", ""), "MacAddress": first.get("MacAddress", ""),
+        "GlobalIPv6Address": first.get("GlobalIPv6Address", ""),
+        "GlobalIPv6PrefixLen": first.get("GlobalIPv6PrefixLen", 0), "IPv6Gateway": first.get("IPv6Gateway", ""),
         "Networks": networks,
     }  # fmt: skip
     rootless_net = ctr.record.get("NetworkSettings", {}).get("RootlessNetwork")

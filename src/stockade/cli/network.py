@@ -28,13 +28,12 @@ def _options(pairs: list[str], flag: str) -> dict[str, str]:
 
 
 def cmd_create(root: Path, argv: list[str]) -> int:
-    from stockade.network.config import parse_gateway, parse_subnet
     from stockade.network.store import Networks
 
     p = _parser("stockade network create")
     p.add_argument("-d", "--driver", default="bridge")
-    p.add_argument("--subnet", default="")
-    p.add_argument("--gateway", default="")
+    p.add_argument("--subnet", action="append", default=[])
+    p.add_argument("--gateway", action="append", default=[])
     p.add_argument("--internal", action="store_true")
     p.add_argument("--ipv6", action="store_true")
     p.add_argument("-o", "--opt", action="append", default=[])
@@ -43,12 +42,7 @@ def cmd_create(root: Path, argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.driver != "bridge":
         raise UsageError(f'network create: driver "{args.driver}" is not supported (only bridge)')
-    if args.ipv6:
-        raise UsageError("network create --ipv6: IPv6 networks are not supported yet")
-    subnet = parse_subnet(args.subnet) if args.subnet else None
-    if args.gateway and subnet is None:
-        raise UsageError("--gateway needs --subnet")
-    gateway = parse_gateway(args.gateway, subnet) if args.gateway and subnet is not None else None
+    subnet, gateway, subnet6, gateway6 = _addressing(args.subnet, args.gateway, args.ipv6)
     options = _options(args.opt, "-o/--opt")
     known = {"isolate", "com.docker.network.bridge.name", "com.docker.network.bridge.enable_icc",
              "com.docker.network.driver.mtu", "mtu"}  # fmt: skip
@@ -62,9 +56,35 @@ def cmd_create(root: Path, argv: list[str]) -> int:
     mtu = options.get("com.docker.network.driver.mtu", "")
     if mtu and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
         raise UsageError(f"-o mtu={mtu}: want a number from 68 to 65535")
-    net = Networks(root).create(args.name, subnet, gateway, args.internal, options, _options(args.label, "--label"))
+    net = Networks(root).create(args.name, subnet, gateway, args.internal, options, _options(args.label, "--label"),
+                                ipv6=args.ipv6, subnet6=subnet6, gateway6=gateway6)  # fmt: skip
     print(net.id)
     return 0
+
+
+def _addressing(subnets: list[str], gateways: list[str], ipv6: bool) -> tuple[Any, Any, Any, Any]:
+    """--subnet/--gateway (each at most once per IP version; an IPv6 one needs --ipv6)."""
+    from stockade.network.config import parse_gateway, parse_gateway6, parse_subnet, parse_subnet6
+
+    v4 = [s for s in subnets if ":" not in s]
+    v6 = [s for s in subnets if ":" in s]
+    if len(v4) > 1 or len(v6) > 1:
+        raise UsageError("--subnet: at most one IPv4 and one IPv6 subnet")
+    if v6 and not ipv6:
+        raise UsageError(f"--subnet {v6[0]}: an IPv6 subnet needs --ipv6")
+    subnet = parse_subnet(v4[0]) if v4 else None
+    subnet6 = parse_subnet6(v6[0]) if v6 else None
+    gateway = gateway6 = None
+    for text in gateways:
+        if ":" in text:
+            if subnet6 is None or gateway6 is not None:
+                raise UsageError(f"--gateway {text}: needs an IPv6 --subnet (one gateway each)")
+            gateway6 = parse_gateway6(text, subnet6)
+        else:
+            if subnet is None or gateway is not None:
+                raise UsageError(f"--gateway {text}: needs --subnet (one gateway each)")
+            gateway = parse_gateway(text, subnet)
+    return subnet, gateway, subnet6, gateway6
 
 
 def _listing(root: Path) -> list[Any]:

@@ -113,21 +113,25 @@ def _joiners_running(ctr: Container) -> bool:
     return False
 
 
-def hosts_text(hostname: str, address: str, extra: list[str]) -> str:
+def hosts_text(hostname: str, address: str, extra: list[str], address6: str = "") -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
              "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes", "ff02::2\tip6-allrouters"]  # fmt: skip
     for entry in extra:
         name, _, ip = entry.partition(":")
         lines.append(f"{ip}\t{name}")
     lines.append(f"{address or '127.0.1.1'}\t{hostname}")
+    if address6:
+        lines.append(f"{address6}\t{hostname}")
     return "\n".join(lines) + "\n"
 
 
 def write_hosts(ctr: Container, doc: dict[str, Any], more: list[str] | None = None) -> None:
     """Rewritten in place: the container has the file bind-mounted, a rename would not reach it."""
-    address = next((e["IPAddress"] for e in (doc.get("Networks") or {}).values()), "")
+    first: dict[str, Any] = next(iter((doc.get("Networks") or {}).values()), {})
     extra = list(ctr.record["HostConfig"].get("ExtraHosts") or []) + (more or [])
-    text = hosts_text(ctr.record["Config"]["Hostname"], address, extra)
+    text = hosts_text(
+        ctr.record["Config"]["Hostname"], first.get("IPAddress", ""), extra, first.get("GlobalIPv6Address", "")
+    )
     with contextlib.suppress(OSError), open(ctr.dir / "hosts", "r+") as f:
         f.write(text)
         f.truncate()

@@ -112,3 +112,21 @@ def default_gateway(pid: int | str = "self") -> str:
         if len(fields) >= 8 and fields[1] == "00000000" and int(fields[7], 16) == 0:
             return _socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
     return ""
+
+
+def ipv6_routes() -> list[tuple[str, str, int]]:
+    """The host's IPv6 routes from /proc/net/ipv6_route: (interface, destination, prefix length)."""
+    import ipaddress as _ipaddress
+
+    out = []
+    try:
+        with open("/proc/net/ipv6_route") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 10:
+            dest = str(_ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+            out.append((fields[9], dest, int(fields[1], 16)))
+    return out

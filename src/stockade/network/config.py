@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from stockade.errors import StockadeError
 
@@ -151,21 +152,39 @@ def check_add_host(text: str) -> str:
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    return _subnet(text, ipaddress.IPv4Network, 30, "one gateway and one container")
+
+
+def parse_subnet6(text: str) -> ipaddress.IPv6Network:
+    return _subnet(text, ipaddress.IPv6Network, 120, "")
+
+
+def _subnet(text: str, kind: Any, longest: int, why: str) -> Any:
+    family = "IPv4" if kind is ipaddress.IPv4Network else "IPv6"
     try:
-        net = ipaddress.IPv4Network(text, strict=True)
+        net = kind(text, strict=True)
     except ValueError as exc:
-        raise NetworkError(f'--subnet "{text}": invalid IPv4 subnet ({exc})') from None
-    if net.prefixlen > 30:
-        raise NetworkError(f'--subnet "{text}": too small (at most /30: one gateway and one container)')
+        raise NetworkError(f'--subnet "{text}": invalid {family} subnet ({exc})') from None
+    if net.prefixlen > longest:
+        raise NetworkError(f'--subnet "{text}": too small (at most /{longest}' + (f": {why})" if why else ")"))
     return net
 
 
 def parse_gateway(text: str, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    return _gateway(text, subnet, ipaddress.IPv4Address)
+
+
+def parse_gateway6(text: str, subnet: ipaddress.IPv6Network) -> ipaddress.IPv6Address:
+    return _gateway(text, subnet, ipaddress.IPv6Address)
+
+
+def _gateway(text: str, subnet: Any, kind: Any) -> Any:
     try:
-        gateway = ipaddress.IPv4Address(text)
+        gateway = kind(text)
     except ValueError:
-        raise NetworkError(f'--gateway "{text}": invalid IPv4 address') from None
-    if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
+        raise NetworkError(f'--gateway "{text}": invalid {"IPv4" if subnet.version == 4 else "IPv6"} address') from None
+    reserved = (subnet.network_address, subnet.broadcast_address) if subnet.version == 4 else (subnet.network_address,)
+    if gateway not in subnet or gateway in reserved:
         raise NetworkError(f"--gateway {text}: not a host address of subnet {subnet}")
     return gateway
 
@@ -184,6 +203,17 @@ def choose_subnet(taken: dict[str, ipaddress.IPv4Network]) -> ipaddress.IPv4Netw
         if overlapping(candidate, taken) is None:
             return candidate
     raise NetworkError("no free private subnet left for a new network: give one with --subnet")
+
+
+def choose_subnet6(seed: str, taken: dict[str, Any]) -> ipaddress.IPv6Network:
+    """A unique local /64 (RFC 4193: fd + a 40-bit global ID, here from `seed`, the network's
+    ID, as random as the ID) that overlaps nothing in `taken`."""
+    for attempt in range(16):
+        global_id = int(seed[attempt : attempt + 10] or "0", 16) & (2**40 - 1)
+        candidate = ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 64))
+        if not any(isinstance(o, ipaddress.IPv6Network) and candidate.overlaps(o) for o in taken.values()):
+            return candidate
+    raise NetworkError("no free IPv6 subnet found for a new network: give one with --subnet")
 
 
 def mac_for(address: ipaddress.IPv4Address) -> str:

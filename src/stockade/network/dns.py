@@ -49,7 +49,8 @@ def parse_question(query: bytes) -> tuple[int, int, str, int, int] | None:
 
 
 def answer(query: bytes, addresses: list[str] | None, rcode: int = 0) -> bytes:
-    """The response to `query`: A records for `addresses` (None: the name is unknown)."""
+    """The response to `query`: A or AAAA records for `addresses`, as the question asks (None:
+    the name is unknown; a known name without an address of the asked type has no answers)."""
     parsed = parse_question(query)
     assert parsed is not None
     qid, flags, _name, qtype, end = parsed
@@ -58,7 +59,10 @@ def answer(query: bytes, addresses: list[str] | None, rcode: int = 0) -> bytes:
     if addresses is None and rcode == 0:
         rcode = RCODE_NXDOMAIN
     for addr in addresses or []:
-        if qtype in (TYPE_A, TYPE_ANY):
+        if ":" in addr and qtype in (TYPE_AAAA, TYPE_ANY):
+            records += struct.pack("!HHHIH", 0xC00C, TYPE_AAAA, 1, TTL, 16) + ipaddress.IPv6Address(addr).packed
+            count += 1
+        elif ":" not in addr and qtype in (TYPE_A, TYPE_ANY):
             records += struct.pack("!HHHIH", 0xC00C, TYPE_A, 1, TTL, 4) + ipaddress.IPv4Address(addr).packed
             count += 1
     out_flags = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080 | rcode  # QR, AA, RD copied, RA
@@ -66,17 +70,18 @@ def answer(query: bytes, addresses: list[str] | None, rcode: int = 0) -> bytes:
 
 
 def records_of(doc: dict[str, object]) -> dict[str, list[str]]:
-    """name -> addresses, from a network record's members (name, aliases, short ID)."""
+    """name -> addresses (IPv4, then IPv6), from a network record's members (name, aliases,
+    short ID)."""
     out: dict[str, list[str]] = {}
     members = doc.get("Containers") or {}
     assert isinstance(members, dict)
     for cid, m in members.items():
-        addr = str(m.get("IPv4Address", "")).split("/")[0]
-        if not addr:
+        addrs = [str(m.get(k, "")).split("/")[0] for k in ("IPv4Address", "IPv6Address") if m.get(k)]
+        if not addrs:
             continue
         for name in [m.get("Name", ""), cid[:12], *(m.get("Aliases") or [])]:
             if name:
-                out.setdefault(str(name).lower(), []).append(addr)
+                out.setdefault(str(name).lower(), []).extend(addrs)
     return out
 
 

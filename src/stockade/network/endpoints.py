@@ -95,6 +95,8 @@ def _join(
         raise NetworkError(f"network {net.name} ({net.driver}) cannot be joined with other networks")
     address = networks.allocate(net, member.id, req.ip)
     prefix = net.subnet.prefixlen
+    address6 = networks.allocate6(net, member.id) if net.ipv6 else None
+    prefix6 = net.subnet6.prefixlen if net.ipv6 else 0
     endpoint: dict[str, Any] = {
         "NetworkID": net.id,
         "EndpointID": secrets.token_hex(32),
@@ -109,27 +111,35 @@ def _join(
         "Isolated": net.isolated,
         "Internal": net.internal,
         "DNS": net.dns,
+        "GlobalIPv6Address": str(address6 or ""),
+        "GlobalIPv6PrefixLen": prefix6,
+        "IPv6Gateway": str(net.gateway6) if net.ipv6 else "",
     }
     net.doc.setdefault("Containers", {})[member.id] = {
         "Name": member.name,
         "EndpointID": endpoint["EndpointID"],
         "MacAddress": endpoint["MacAddress"],
         "IPv4Address": f"{address}/{prefix}",
-        "IPv6Address": "",
+        "IPv6Address": f"{address6}/{prefix6}" if address6 else "",
         "Aliases": list(req.aliases),
     }
     networks.save(net)  # step 1 is on disk before anything exists that detach would look for
     mtu = int(net.doc["Options"].get("com.docker.network.driver.mtu", 0)) or default_route_mtu()
-    made_bridge = links.ensure_bridge(net.bridge, str(net.gateway), prefix, mtu)
+    v6_gateway = (str(net.gateway6), prefix6) if net.ipv6 else None
+    made_bridge = links.ensure_bridge(net.bridge, str(net.gateway), prefix, mtu, v6_gateway)
     if made_bridge or not firewall.has_network(net.id):
-        firewall.add_network(net.id, net.bridge, str(net.subnet), net.internal, net.isolated)
+        firewall.add_network(net.id, net.bridge, str(net.subnet), net.internal, net.isolated,
+                             str(net.subnet6) if net.ipv6 else None)  # fmt: skip
         if not net.internal:
             from stockade.kernel.net import write_sysctl
 
             write_sysctl("net.ipv4.ip_forward", "1")  # as Docker: routed egress needs it
+            if net.ipv6:
+                write_sysctl("net.ipv6.conf.all.forwarding", "1")  # (Docker does the same for IPv6)
     gateway = str(net.gateway) if default_route and not net.internal else None
+    v6 = (str(address6), prefix6, str(net.gateway6) if gateway else None) if address6 else None
     links.add_veth(net.bridge, endpoint["HostInterface"], member.netns, endpoint["Interface"], str(address), prefix,
-                   endpoint["MacAddress"], gateway, mtu)  # fmt: skip
+                   endpoint["MacAddress"], gateway, mtu, v6)  # fmt: skip
     if net.isolated:
         firewall.isolate_port(endpoint["HostInterface"])
     if net.dns:

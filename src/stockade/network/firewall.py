@@ -1,5 +1,5 @@
-"""stockade's nftables rules, in its own tables only (`ip stockade`, `bridge stockade`): we never
-flush, reorder or touch anyone else's.
+"""stockade's nftables rules, in its own tables only (`ip stockade`, `ip6 stockade`, `bridge
+stockade`): we never flush, reorder or touch anyone else's.
 
     ip stockade
       maps any_addr, any_port   proto . host port           -> container address, port  (-p PORT:PORT)
@@ -14,6 +14,8 @@ flush, reorder or touch anyone else's.
       chain forward     (filter)       DNATed traffic passes; per network: --internal has no way
                                        in or out, isolate=true has no container-to-container
                                        traffic, no network reaches another's bridge
+    ip6 stockade       (with the first --ipv6 network) set bridges; chains postrouting and forward
+                       with the IPv6 halves of the per-network rules
     bridge stockade
       set isolated     the bridge ports of containers on isolated networks
       chain forward    isolated port -> isolated port: drop (bridged, never seen by ip hooks)
@@ -94,6 +96,24 @@ def _skeleton() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _ip6(kind: str, **fields: Any) -> dict[str, Any]:
+    return {kind: {"family": "ip6", "table": TABLE, **fields}}
+
+
+_SADDR6 = {"payload": {"protocol": "ip6", "field": "saddr"}}
+
+
+def _skeleton6() -> list[dict[str, Any]]:
+    """`ip6 stockade`, made with the first IPv6 network: egress masquerade and the forward
+    filter of IPv6 networks (ports are published over IPv4 only)."""
+    return [
+        {"add": {"table": {"family": "ip6", "name": TABLE}}},
+        {"add": _ip6("set", name="bridges", type="ifname")},
+        {"add": _ip6("chain", name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept")},
+        {"add": _ip6("chain", name="forward", type="filter", hook="forward", prio=0, policy="accept")},
+    ]
+
+
 _tables_seen = False  # this process has seen (or made) our tables: no need to list them again
 
 
@@ -105,17 +125,16 @@ def ensure_tables() -> None:
     _tables_seen = True
 
 
-def network_rules(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> list[dict[str, Any]]:
-    comment = "net:" + net_id[:12]
-    rules: list[tuple[str, list[dict[str, Any]]]] = []
-    if not internal:
-        rules.append(
-            ("postrouting", [_match(_SADDR, _prefix(subnet)), _match(_OIF, bridge, "!="), {"masquerade": None}])
-        )
-    rules.append(("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix("127.0.0.0/8")), {"masquerade": None}]))
-    rules.append(
-        ("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix(subnet)), _DNATED, {"masquerade": None}])
-    )
+Rules = list[tuple[str, list[dict[str, Any]]]]  # (chain, expressions)
+
+
+def _egress(saddr: dict[str, Any], bridge: str, subnet: str) -> Rules:
+    return [("postrouting", [_match(saddr, _prefix(subnet)), _match(_OIF, bridge, "!="), {"masquerade": None}])]
+
+
+def _filter(bridge: str, internal: bool, isolated: bool) -> Rules:
+    """The forward filter of a network, the same in both IP families."""
+    rules: Rules = []
     if internal:
         rules.append(("forward", [_match(_IIF, bridge), _match(_OIF, bridge, "!="), {"drop": None}]))
         rules.append(("forward", [_match(_OIF, bridge), _match(_IIF, bridge, "!="), {"drop": None}]))
@@ -124,28 +143,57 @@ def network_rules(net_id: str, bridge: str, subnet: str, internal: bool, isolate
     rules.append(
         ("forward", [_match(_IIF, bridge), _match(_OIF, "@bridges"), _match(_OIF, bridge, "!="), {"drop": None}])
     )
-    out: list[dict[str, Any]] = [{"add": _ip("element", name="bridges", elem=[bridge])}]
-    out += [{"add": _ip("rule", chain=chain, expr=expr, comment=comment)} for chain, expr in rules]
+    return rules
+
+
+def _commands(builder: Any, net_id: str, bridge: str, rules: Rules) -> list[dict[str, Any]]:
+    comment = "net:" + net_id[:12]
+    out: list[dict[str, Any]] = [{"add": builder("element", name="bridges", elem=[bridge])}]
+    out += [{"add": builder("rule", chain=chain, expr=expr, comment=comment)} for chain, expr in rules]
     return out
 
 
-def add_network(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> None:
+def network_rules(net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool) -> list[dict[str, Any]]:
+    rules = [] if internal else _egress(_SADDR, bridge, subnet)
+    rules.append(("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix("127.0.0.0/8")), {"masquerade": None}]))
+    rules.append(
+        ("postrouting", [_match(_OIF, bridge), _match(_SADDR, _prefix(subnet)), _DNATED, {"masquerade": None}])
+    )
+    return _commands(_ip, net_id, bridge, rules + _filter(bridge, internal, isolated))
+
+
+def network_rules6(net_id: str, bridge: str, subnet6: str, internal: bool, isolated: bool) -> list[dict[str, Any]]:
+    """The IPv6 half of network_rules: masquerade for egress, the same forward filter."""
+    rules = [] if internal else _egress(_SADDR6, bridge, subnet6)
+    return _commands(_ip6, net_id, bridge, rules + _filter(bridge, internal, isolated))
+
+
+def add_network(
+    net_id: str, bridge: str, subnet: str, internal: bool, isolated: bool, subnet6: str | None = None
+) -> None:
     ensure_tables()
     remove_network(net_id, bridge)  # rules left from before (a crash, a reboot's leftovers)
     nftables.run(network_rules(net_id, bridge, subnet, internal, isolated))
+    if subnet6:
+        if not nftables.list_ruleset("ip6", TABLE):
+            nftables.run(_skeleton6())
+        nftables.run(network_rules6(net_id, bridge, subnet6, internal, isolated))
 
 
 def remove_network(net_id: str, bridge: str) -> None:
     comment = "net:" + net_id[:12]
-    commands = []
-    for obj in nftables.list_ruleset("ip", TABLE):
-        rule = obj.get("rule")
-        if rule and rule.get("comment") == comment:
-            commands.append({"delete": _ip("rule", chain=rule["chain"], handle=rule["handle"])})
-    if commands:
-        nftables.run(commands)
-    with contextlib.suppress(OSError):
-        nftables.run([{"delete": _ip("element", name="bridges", elem=[bridge])}])
+    for family, builder in (("ip", _ip), ("ip6", _ip6)):
+        commands = []
+        objects = nftables.list_ruleset(family, TABLE)
+        for obj in objects:
+            rule = obj.get("rule")
+            if rule and rule.get("comment") == comment:
+                commands.append({"delete": builder("rule", chain=rule["chain"], handle=rule["handle"])})
+        if commands:
+            nftables.run(commands)
+        if objects:
+            with contextlib.suppress(OSError):
+                nftables.run([{"delete": builder("element", name="bridges", elem=[bridge])}])
 
 
 def has_network(net_id: str) -> bool:
@@ -199,6 +247,6 @@ def unisolate_port(veth: str) -> None:
 
 def remove_tables() -> None:
     """Both of our tables (tests; `stockade system reset` one day)."""
-    for family in ("ip", "bridge"):
+    for family in ("ip", "ip6", "bridge"):
         with contextlib.suppress(OSError):
             nftables.run([{"delete": {"table": {"family": family, "name": TABLE}}}])

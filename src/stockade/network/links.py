@@ -52,27 +52,35 @@ def in_netns(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> bool:
-    """The network's bridge with its gateway address, up; made if missing (bridges do not
-    survive a reboot, the network's record does). True if it was made now."""
+def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
+    """The network's bridge with its gateway address (and IPv6 gateway `v6`), up; made if
+    missing (bridges do not survive a reboot, the network's record does). True if made now."""
     from stockade.kernel.net import link_exists
 
     if link_exists(name):
         return False
     with _netlink(f"create bridge {name}"):
-        _make_bridge(name, gateway, prefixlen, mtu)
+        _make_bridge(name, gateway, prefixlen, mtu, v6)
     # Traffic the host sends to a published port on 127.0.0.1 is DNATed out of this bridge:
     # the kernel drops such packets as martians unless the bridge allows loopback sources.
     write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
     return True
 
 
-def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+# An address without duplicate address detection: usable at once (the network's IPAM already
+# guarantees it is unique), where DAD would keep it "tentative" for a second or more.
+IFA_F_NODAD = 0x02
+
+
+def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None) -> None:
     ipr = _iproute()
     try:
         ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
         index = ipr.link_lookup(ifname=name)[0]
         ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
+        if v6 is not None:
+            write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "0")
+            ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
         ipr.link("set", index=index, state="up")
     finally:
         ipr.close()
@@ -100,12 +108,14 @@ def add_veth(
     mac: str,
     gateway: str | None,
     mtu: int,
+    v6: tuple[str, int, str | None] | None = None,
 ) -> None:
     """A veth pair: `host_if` on the bridge, `ctr_if` made directly inside the container's
-    namespace (one netlink message), then addressed and routed from inside it."""
+    namespace (one netlink message), then addressed and routed from inside it. `v6`: an IPv6
+    address, its prefix length and the IPv6 default gateway (None: no default route)."""
     with _netlink(f"connect {ctr_if} to {bridge}"):
         _pair(bridge, host_if, netns, {"ifname": ctr_if, "mtu": mtu, "address": mac})
-        _configure_inside(netns, ctr_if, address, prefixlen, gateway)
+        _configure_inside(netns, ctr_if, address, prefixlen, gateway, v6)
 
 
 def _pair(bridge: str, host_if: str, netns: str, peer: dict[str, Any]) -> None:
@@ -123,15 +133,22 @@ def _pair(bridge: str, host_if: str, netns: str, peer: dict[str, Any]) -> None:
         ipr.close()
 
 
-def _configure_inside(netns: str, ctr_if: str, address: str, prefixlen: int, gateway: str | None) -> None:
+def _configure_inside(
+    netns: str, ctr_if: str, address: str, prefixlen: int, gateway: str | None, v6: tuple[str, int, str | None] | None
+) -> None:
     with in_netns(netns):
         inside = _iproute()
         try:
             index = inside.link_lookup(ifname=ctr_if)[0]
             inside.addr("add", index=index, address=address, prefixlen=prefixlen)
+            if v6 is not None:
+                write_sysctl(f"net.ipv6.conf.{ctr_if}.disable_ipv6", "0")
+                inside.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
             inside.link("set", index=index, state="up")
             if gateway:
                 inside.route("add", dst="0.0.0.0/0", gateway=gateway)
+            if v6 is not None and v6[2]:
+                inside.route("add", dst="::/0", gateway=v6[2], family=10)  # AF_INET6
         finally:
             inside.close()
 

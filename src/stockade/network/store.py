@@ -29,6 +29,7 @@ from stockade.network.config import (
     NetworkError,
     check_network_name,
     choose_subnet,
+    choose_subnet6,
     overlapping,
 )
 
@@ -66,6 +67,21 @@ class Network:
     @property
     def gateway(self) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(self.doc["IPAM"]["Config"][0]["Gateway"])
+
+    @property
+    def ipv6(self) -> bool:
+        return bool(self.doc.get("EnableIPv6")) and self._v6_config() is not None
+
+    @property
+    def subnet6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network((self._v6_config() or {})["Subnet"])
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address((self._v6_config() or {})["Gateway"])
+
+    def _v6_config(self) -> dict[str, str] | None:
+        return next((c for c in self.doc["IPAM"]["Config"] if ":" in c.get("Subnet", "")), None)
 
     @property
     def internal(self) -> bool:
@@ -155,19 +171,25 @@ class Networks:
                        "com.docker.network.bridge.default_bridge": "true"}  # fmt: skip
             self._write(self._doc(DEFAULT_NETWORK, "bridge", subnet, subnet.network_address + 1, False, options, {}))
 
-    def _taken(self) -> dict[str, ipaddress.IPv4Network]:
-        """Subnets a new network must not overlap: every network's, and the host's routes'."""
-        from stockade.kernel.net import ipv4_routes
+    def _taken(self) -> dict[str, Any]:
+        """Subnets a new network must not overlap: every network's, and the host's routes'
+        (IPv4 and IPv6 networks, the overlap checks compare like with like)."""
+        from stockade.kernel.net import ipv4_routes, ipv6_routes
 
-        taken: dict[str, ipaddress.IPv4Network] = {}
+        taken: dict[str, Any] = {}
         networks = self.all()
         for n in networks:
             if n.driver == "bridge":
                 taken[f'network "{n.name}"'] = n.subnet
+                if n.ipv6:
+                    taken[f'network "{n.name}" (IPv6)'] = n.subnet6
         ours = {n.bridge for n in networks}
         for iface, dest, prefix, _flags in ipv4_routes():
             if prefix and iface not in ours:
                 taken[f"the host's route {dest}/{prefix} on {iface}"] = ipaddress.IPv4Network(f"{dest}/{prefix}")
+        for iface, dest6, prefix in ipv6_routes():
+            if 0 < prefix < 128 and iface not in ours and not dest6.startswith(("fe80:", "ff00:")):
+                taken[f"the host's route {dest6}/{prefix} on {iface}"] = ipaddress.IPv6Network(f"{dest6}/{prefix}")
         return taken
 
     def create(
@@ -178,6 +200,9 @@ class Networks:
         internal: bool = False,
         options: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: ipaddress.IPv6Network | None = None,
+        gateway6: ipaddress.IPv6Address | None = None,
     ) -> Network:
         check_network_name(name)
         with self.lock():
@@ -186,21 +211,32 @@ class Networks:
             if name in existing:
                 raise NetworkError(f"network with name {name} already exists")
             taken = self._taken()
+            v4_taken = {k: v for k, v in taken.items() if isinstance(v, ipaddress.IPv4Network)}
             if subnet is None:
-                subnet = choose_subnet(taken)
+                subnet = choose_subnet(v4_taken)
             else:
-                clash = overlapping(subnet, taken)
+                clash = overlapping(subnet, v4_taken)
                 if clash is not None:
                     raise NetworkError(f"--subnet {subnet}: overlaps {clash}")
             if gateway is None:
                 gateway = subnet.network_address + 1
             opts = dict(options or {})
             net_id = secrets.token_hex(32)
+            v6: list[dict[str, str]] = []
+            if ipv6:
+                subnet6 = subnet6 or choose_subnet6(net_id, taken)
+                for what, other in taken.items():
+                    if isinstance(other, ipaddress.IPv6Network) and subnet6.overlaps(other):
+                        raise NetworkError(f"--subnet {subnet6}: overlaps {what}")
+                v6 = [{"Subnet": str(subnet6), "Gateway": str(gateway6 or subnet6.network_address + 1)}]
             opts.setdefault("com.docker.network.bridge.name", "stk-" + net_id[:11])
             bridge = opts["com.docker.network.bridge.name"]
             if len(bridge) > 15 or any(n.bridge == bridge for n in existing.values()):
                 raise NetworkError(f'bridge name "{bridge}" is too long or already used by another network')
             doc = self._doc(name, "bridge", subnet, gateway, internal, opts, labels or {}, net_id)
+            if v6:
+                doc["EnableIPv6"] = True
+                doc["IPAM"]["Config"] += v6
             return self._write(doc)
 
     def _doc(
@@ -243,6 +279,17 @@ class Networks:
             os.unlink(net.path)
 
     # -- addresses ------------------------------------------------------------------------------
+    def allocate6(self, net: Network, holder: str) -> ipaddress.IPv6Address:
+        """Under the lock: the lowest free IPv6 address of the network after its gateway."""
+        used = {m["IPv6Address"].split("/")[0] for k, m in net.members.items() if k != holder and m.get("IPv6Address")}
+        subnet, gateway = net.subnet6, net.gateway6
+        candidate = subnet.network_address + 1
+        while candidate in subnet:
+            if candidate != gateway and str(candidate) not in used:
+                return candidate
+            candidate += 1
+        raise NetworkError(f"network {net.name}: no free IPv6 address left in {subnet}")
+
     def allocate(self, net: Network, holder: str, wanted: str = "") -> ipaddress.IPv4Address:
         """Under the lock: the lowest free host address of the subnet (or `wanted`, if free)."""
         used = {ipaddress.IPv4Address(m["IPv4Address"].split("/")[0]) for k, m in net.members.items() if k != holder}
