@@ -118,6 +118,15 @@ def test_user_network_containers_reach_each_other_by_name_and_alias(net: Engine)
     assert [m["Name"] for m in listing["Containers"].values()] == ["web"]
     # the default bridge resolves no container names, as Docker's
     assert gateway not in net("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
+    # A container on two networks resolves the members of both (its resolv.conf names the
+    # first network's responder, which answers for the second one's members too).
+    net("network", "create", "othernet")
+    _server(net, "db", "--network", "othernet", "--hostname", "db")
+    both = net("run", "--rm", "--network", "appnet", "--network", "othernet", "busybox", "sh", "-c",
+               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://db/ && break; sleep 0.2; done; wget -qO- http://web/")  # fmt: skip
+    assert "hello-from-db" in both.stdout and "hello-from-web" in both.stdout, both.stdout + both.stderr
+    lonely = net("run", "--rm", "--network", "appnet", "busybox", "nslookup", "db", check=False).stdout
+    assert "can't find" in lonely or "NXDOMAIN" in lonely  # not on othernet: db stays unknown
 
 
 def test_published_port_from_host_loopback_host_address_and_other_containers(net: Engine) -> None:

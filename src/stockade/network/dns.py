@@ -2,7 +2,9 @@
 
 It listens on the network's gateway address, port 53 (UDP and TCP), inside the host's network
 namespace. Names it answers: every member's container name, aliases and short ID, read from the
-network's record (re-read when it changes). Anything else is forwarded to the host's resolvers
+network's record (re-read when it changes), and, for a container that is also on other
+user-defined networks, the members of those (its resolv.conf names only its first network's
+responder). Anything else is forwarded to the host's resolvers
 and the answer relayed. It exits by itself when the network has no members left or is gone;
 the last container to leave also stops it at once.
 """
@@ -18,6 +20,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 TYPE_A, TYPE_AAAA, TYPE_ANY = 1, 28, 255
 RCODE_SERVFAIL, RCODE_NXDOMAIN = 2, 3
@@ -101,7 +104,10 @@ class Responder:
         self.doc_path = doc_path
         self.upstreams = upstreams
         self.records: dict[str, list[str]] = {}
+        self.members: dict[str, str] = {}  # IPv4 address -> container ID, on this network
         self.mtime = 0
+        self.others: list[dict[str, Any]] = []  # the store's other user-defined networks
+        self.others_mtime = 0
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.udp.bind((listen, 53))
@@ -121,16 +127,52 @@ class Responder:
             return False
         if mtime != self.mtime:
             with contextlib.suppress(OSError, ValueError):
-                self.records = records_of(json.loads(self.doc_path.read_bytes()))
+                doc = json.loads(self.doc_path.read_bytes())
+                self.records = records_of(doc)
+                self.members = {str(m.get("IPv4Address", "")).split("/")[0]: cid
+                                for cid, m in (doc.get("Containers") or {}).items()}  # fmt: skip
                 self.mtime = mtime
         return bool(self.records)
 
-    def resolve(self, query: bytes) -> bytes | None:
+    def _other_networks(self) -> list[dict[str, Any]]:
+        """Every other user-defined network's record (re-read when any network changes: the
+        records are replaced by rename, which changes the directory)."""
+        directory = self.doc_path.parent
+        with contextlib.suppress(OSError):
+            mtime = os.stat(directory).st_mtime_ns
+            if mtime != self.others_mtime:
+                docs = []
+                for path in directory.glob("*.json"):
+                    if path != self.doc_path:
+                        with contextlib.suppress(OSError, ValueError):
+                            doc = json.loads(path.read_bytes())
+                            if doc.get("Name") != "bridge" and doc.get("Driver") == "bridge":
+                                docs.append(doc)
+                self.others, self.others_mtime = docs, mtime
+        return self.others
+
+    def lookup(self, name: str, client: str) -> list[str] | None:
+        """Addresses of `name` for the container at `client`: on this network first, then on
+        every other user-defined network that container is on (as Docker answers)."""
+        found = self.records.get(name)
+        if found is not None:
+            return found
+        cid = self.members.get(client)
+        if cid is None:
+            return None
+        for doc in self._other_networks():
+            if cid in (doc.get("Containers") or {}):
+                found = records_of(doc).get(name)
+                if found is not None:
+                    return found
+        return None
+
+    def resolve(self, query: bytes, client: str = "") -> bytes | None:
         """A local answer, or None when the query is to be forwarded."""
         parsed = parse_question(query)
         if parsed is None:
             return None
-        found = self.records.get(parsed[2].rstrip("."))
+        found = self.lookup(parsed[2].rstrip("."), client)
         if found is not None:
             return answer(query, found)
         return None
@@ -139,7 +181,7 @@ class Responder:
         query, client = self.udp.recvfrom(4096)
         if parse_question(query) is None:
             return
-        local = self.resolve(query)
+        local = self.resolve(query, client[0])
         if local is not None:
             self.udp.sendto(local, client)
         elif not self.upstreams:
@@ -163,13 +205,13 @@ class Responder:
                 self.udp.sendto(query[:2] + data[2:], client)
 
     def on_tcp(self) -> None:
-        conn, _ = self.tcp.accept()
+        conn, peer = self.tcp.accept()
         with conn:
             conn.settimeout(FORWARD_TIMEOUT)
             with contextlib.suppress(OSError, struct.error, AssertionError):
                 size = struct.unpack("!H", conn.recv(2, socket.MSG_WAITALL))[0]
                 query = conn.recv(size, socket.MSG_WAITALL)
-                reply = self.resolve(query) if parse_question(query) else None
+                reply = self.resolve(query, peer[0]) if parse_question(query) else None
                 if reply is None and parse_question(query):
                     reply = self._forward_tcp(query)
                 if reply:
