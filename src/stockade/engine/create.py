@@ -243,6 +243,7 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
     else:
         ctr.record["IDMap"] = {"UidStart": idmap.uid_start, "GidStart": idmap.gid_start, "Size": idmap.size}
     _security(config, req)
+    _intercept(root, ctr, config, req)
     _resources(config, req)
     config["process"]["rlimits"] = _rlimits(req)
     resolvers = _network(root, ctr, config, req, image)
@@ -309,8 +310,34 @@ def _security(config: dict[str, Any], req: CreateRequest) -> None:
                     linux["seccomp"] = json.loads(f.read())
             except (OSError, ValueError) as exc:
                 raise PlanError(f"--security-opt seccomp={value}: {exc}") from None
+        elif key == "intercept":
+            if value != "mknod":
+                raise PlanError(f"--security-opt intercept={value}: only mknod can be intercepted")
         else:
-            raise PlanError(f'--security-opt "{opt}": unknown option (want seccomp=FILE|unconfined, no-new-privileges)')
+            raise PlanError(
+                f'--security-opt "{opt}": unknown option (want seccomp=FILE|unconfined, no-new-privileges, intercept=mknod)'
+            )
+
+
+def _intercept(root: Path, ctr: Container, config: dict[str, Any], req: CreateRequest) -> None:
+    """--security-opt intercept=mknod: mknod/mknodat go to the container's monitor through
+    seccomp notify; it creates the harmless character devices (null, zero, full, random,
+    urandom, tty) for the container and refuses the rest (runtime/mediation.py)."""
+    from stockade.engine.lifecycle import notify_socket, runroot_for
+
+    path = notify_socket(runroot_for(root), ctr)
+    if path is None:
+        return
+    from stockade.engine import rootless
+    from stockade.spec.profiles import with_mknod_mediation
+
+    if rootless.active():
+        raise PlanError("--security-opt intercept=mknod: rootless, nobody may create device nodes for the container")
+    if config["linux"].get("seccomp") is None:
+        raise PlanError(
+            "--security-opt intercept=mknod needs a seccomp profile (not seccomp=unconfined or --privileged)"
+        )
+    config["linux"]["seccomp"] = with_mknod_mediation(config["linux"]["seccomp"], str(path))
 
 
 def _resources(config: dict[str, Any], req: CreateRequest) -> None:

@@ -152,6 +152,7 @@ def _warm_up() -> None:
     import stockade.image.rootfs
     import stockade.runtime.container
     import stockade.runtime.create
+    import stockade.runtime.mediation
     import stockade.runtime.security
 
     with contextlib.suppress(ImportError):  # networking: pyroute2 alone is ~170 ms of imports

@@ -32,6 +32,15 @@ def runroot_for(root: Path) -> Path:
     return root / "run"
 
 
+def notify_socket(runroot: Path, ctr: Container) -> Path | None:
+    """Where the monitor of a container with --security-opt intercept=mknod takes the seccomp
+    notify fds of its processes (None: it intercepts nothing)."""
+    opts = ctr.record["HostConfig"].get("SecurityOpt") or []
+    if not any(o.replace(":", "=", 1) == "intercept=mknod" for o in opts):
+        return None
+    return runroot / "notify" / f"{ctr.short_id}.sock"
+
+
 def refresh(root: Path, ctr: Container) -> Container:
     """Record the end of a container whose monitor died: its runtime state, cgroup and mounts go,
     its exit status is unknown (255, with the reason in State.Error)."""

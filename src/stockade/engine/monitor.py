@@ -82,6 +82,8 @@ class Monitor:
         self.runroot = runroot
         self.port_sockets: list[socket.socket] = []
         self.external: Any = None  # engine.oci.External for --runtime crun|runc|PATH
+        self.mediator: socket.socket | None = None  # takes seccomp notify fds (intercept=mknod)
+        self.notify_fds: set[int] = set()
 
     # -- the whole life ----------------------------------------------------------------------
     def run(self, first: socket.socket | None) -> None:
@@ -159,6 +161,7 @@ class Monitor:
             # failure, not the command's: 125, as docker's.
             code = 125 if type(exc).__name__ == "NetworkError" else exit_code_for_start_error(message)
             self._release_network()
+            self._close_mediator()
             self._unmount()
             ctr.state.update(Status="exited", ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
             ctr.save_state()
@@ -176,6 +179,7 @@ class Monitor:
         code = self._serve_until_exit(state)
         oom = self._destroy(state)
         self._release_network(exited=True)
+        self._close_mediator()
         self._unmount()
         ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
         ctr.save_state()
@@ -256,6 +260,7 @@ class Monitor:
             from stockade.engine.oci import External, resolve
 
             self.external = External(resolve(runtime), self.runroot)
+        self._open_mediator()  # before create: the runtime connects to it then
         state, config, console = self._create()
         if console is not None:
             self.master = console.receive_master() if self.external is not None else _proxy_master(console)
@@ -420,11 +425,12 @@ class Monitor:
                 code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
     def _poll(self, extra: list[int], timeout: float | None) -> None:
-        fds = [*self.outputs, *extra]
+        fds = [*self.outputs, *extra, *self.notify_fds]
         socks = {c.sock.fileno(): c for c in self.clients}
         assert self.listener is not None
+        mediator = [self.mediator.fileno()] if self.mediator is not None else []
         try:
-            ready, _, _ = select.select([self.listener.fileno(), *fds, *socks], [], [], timeout)
+            ready, _, _ = select.select([self.listener.fileno(), *mediator, *fds, *socks], [], [], timeout)
         except InterruptedError:
             return
         for fd in ready:
@@ -432,10 +438,62 @@ class Monitor:
                 with contextlib.suppress(OSError):
                     conn, _ = self.listener.accept()
                     self._add_client(conn)
+            elif fd in mediator:
+                self._take_notify_fd()
+            elif fd in self.notify_fds:
+                self._mediate(fd)
             elif fd in self.outputs:
                 self._pump(fd)
             elif fd in socks:
                 self._from_client(socks[fd])
+
+    # -- seccomp notify: mknod for the container (see runtime/mediation.py) ------------------
+    def _open_mediator(self) -> None:
+        from stockade.engine.lifecycle import notify_socket
+
+        path = notify_socket(self.runroot, self.ctr)
+        if path is None or self.mediator is not None:
+            return
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.mediator = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.mediator.bind(str(path))
+        self.mediator.listen(16)
+
+    def _take_notify_fd(self) -> None:
+        """A process of the container loaded its filter (the init at start, each exec) and sent
+        the filter's notify fd."""
+        from stockade.runtime.mediation import accept_notify_fd
+
+        assert self.mediator is not None
+        with contextlib.suppress(OSError):
+            fd = accept_notify_fd(self.mediator)
+            if fd is not None:
+                self.notify_fds.add(fd)
+
+    def _mediate(self, fd: int) -> None:
+        from stockade.runtime.mediation import handle
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        events = dict(poller.poll(0)).get(fd, 0)
+        if events & select.POLLIN:
+            handle(fd)
+        elif events & (select.POLLHUP | select.POLLERR):  # every process under that filter exited
+            self.notify_fds.discard(fd)
+            os.close(fd)
+
+    def _close_mediator(self) -> None:
+        for fd in self.notify_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.notify_fds = set()
+        if self.mediator is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.mediator.getsockname())
+            self.mediator.close()
+            self.mediator = None
 
     def _pump(self, fd: int) -> None:
         try:

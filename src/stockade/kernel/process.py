@@ -121,3 +121,17 @@ def detach_stdio(keep: int) -> None:
         if fd > 2 and fd != keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def set_fs_ids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsuid/setfsgid: the IDs files are created with and checked against, nothing else.
+    Leaving fsuid 0 drops the file capabilities (CAP_MKNOD, CAP_CHOWN, DAC...) from the
+    effective set, as the kernel does; the caller raises what it needs again (capset).
+    Returns the previous pair."""
+    old_gid = int(libc.setfsgid(ctypes.c_uint(gid)))
+    old_uid = int(libc.setfsuid(ctypes.c_uint(uid)))
+    if int(libc.setfsuid(ctypes.c_uint(uid))) != uid or int(libc.setfsgid(ctypes.c_uint(gid))) != gid:
+        libc.setfsuid(ctypes.c_uint(old_uid))
+        libc.setfsgid(ctypes.c_uint(old_gid))
+        raise OSError(1, f"setfsuid/setfsgid({uid}, {gid}) refused")
+    return old_uid, old_gid

@@ -29,8 +29,10 @@ import stat
 import sys
 
 from stockade import jsonfast
+from stockade.kernel import caps
 from stockade.kernel import mounts as km
 from stockade.kernel import seccomp_notify as notify
+from stockade.kernel.process import set_fs_ids
 
 # (major, minor) of the character devices a container may create: null, zero, full, random,
 # urandom, tty. Nothing that reaches hardware or another terminal.
@@ -139,8 +141,17 @@ def mediate(fd: int, n: notify.SeccompNotif) -> int:
             raise Denied(errno.EACCES)
         if not notify.still_valid(fd, n.id):
             raise Denied(errno.ESRCH)
-        os.mknod(leaf, stat.S_IFCHR | (mode & 0o7777 & ~caller.umask), os.makedev(*device), dir_fd=parent)
-        os.chown(leaf, caller.fsuid, caller.fsgid, dir_fd=parent, follow_symlinks=False)
+        # Created as the caller's file IDs: owned by it, and valid on a filesystem of the
+        # container's own user namespace (its /dev, /dev/shm, tmpfs mounts), where a node of
+        # the host's root could not be made (EOVERFLOW: root is not mapped there).
+        effective, permitted, inheritable = caps.capget()
+        previous = set_fs_ids(caller.fsuid, caller.fsgid)
+        try:
+            caps.capset(effective | (1 << CAP_MKNOD), permitted, inheritable)  # (dropped with fsuid 0)
+            os.mknod(leaf, stat.S_IFCHR | (mode & 0o7777 & ~caller.umask), os.makedev(*device), dir_fd=parent)
+        finally:
+            set_fs_ids(*previous)
+            caps.capset(effective, permitted, inheritable)
     finally:
         os.close(parent)
     return 0
@@ -179,7 +190,7 @@ def serve(listener_path: str) -> None:
     while True:
         for fd, events in poller.poll():
             if fd == server.fileno():
-                new = _accept(server)
+                new = accept_notify_fd(server)
                 if new is not None:
                     fds.add(new)
                     poller.register(new, select.POLLIN)
@@ -191,7 +202,9 @@ def serve(listener_path: str) -> None:
                 os.close(fd)
 
 
-def _accept(server: socket.socket) -> int | None:
+def accept_notify_fd(server: socket.socket) -> int | None:
+    """Accept one connection and take the notify fd it sends with the container state (the
+    runtime spec's listenerPath protocol); None if it sent anything else."""
     conn, _ = server.accept()
     with conn:
         try:
