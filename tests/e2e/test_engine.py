@@ -477,6 +477,13 @@ def test_another_oci_runtime_runs_the_same_bundle(engine: Engine) -> None:
     doc = engine.inspect("viarunc")
     assert doc["HostConfig"]["Runtime"] == "runc" and doc["State"]["Running"]
     assert "up" in engine("logs", "viarunc").stdout
+    # exec through runc's own `exec --process`: environment, user, exit status; a terminal too.
+    got = engine("exec", "-e", "X=via-exec", "-u", "1000", "viarunc", "sh", "-c", "echo $X $(id -u); exit 3", check=False)
+    assert (got.returncode, got.stdout.strip()) == (3, "via-exec 1000"), got.stderr
+    session = engine.spawn("exec", "-it", "viarunc", "sh")
+    session.sendline("tty; exit")
+    session.expect("/dev/pts/")
+    session.expect(pexpect.EOF)
     engine("stop", "-t", "1", "viarunc")
     assert engine.inspect("viarunc")["State"]["ExitCode"] == 137
     missing = engine("run", "--rm", "--runtime", "nosuch", "busybox", "true", check=False)

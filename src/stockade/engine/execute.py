@@ -1,5 +1,6 @@
 """`exec`: another process in a running container, with the init's namespaces, cgroup,
-capabilities, seccomp filter and no_new_privs (the runtime's exec, in-process). -u resolves
+capabilities, seccomp filter and no_new_privs (the runtime's exec, in-process; for a container
+of --runtime runc|crun|PATH, that runtime's `exec --process`). -u resolves
 against the container's own /etc/passwd, -e adds to the container's environment."""
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ def exec_in(
 
     lifecycle.refresh(root, ctr)
     runtime = ctr.record["HostConfig"].get("Runtime") or "stockade"
-    if runtime != "stockade":
-        raise EngineError(f"exec: not supported yet for containers run with --runtime {runtime}")
     status = ctr.status()
     if status != "running":
         raise EngineError(
@@ -31,9 +30,17 @@ def exec_in(
             if status != "paused"
             else f"container {ctr.name} is paused, unpause it first"
         )
-    state = State.load(str(lifecycle.runroot_for(root) / "runtime"), ctr.id)
-    config = container_config(state)
-    raw = dict(config.raw.get("process") or {})
+    external = None
+    if runtime != "stockade":  # the runtime's CLI; the process starts from the bundle's
+        from stockade.engine.containers import read_json
+        from stockade.engine.oci import External, resolve
+
+        external = External(resolve(runtime), lifecycle.runroot_for(root))
+        raw = dict(read_json(ctr.dir / "config.json").get("process") or {})
+    else:
+        state = State.load(str(lifecycle.runroot_for(root) / "runtime"), ctr.id)
+        config = container_config(state)
+        raw = dict(config.raw.get("process") or {})
     raw["args"] = command
     raw["terminal"] = tty
     raw["env"] = merge_env(list(raw.get("env") or []), env, dict(os.environ), ctr.record["Config"]["Hostname"], tty)
@@ -46,10 +53,11 @@ def exec_in(
     raw.pop("consoleSize", None)
     if detach and tty:
         raw["terminal"] = False
-    process = load_process(raw)
     if not interactive and not tty and not detach:
         _stdin_from_null()
-    return exec_process(state, config, process, ExecOptions(None, None, detach, 0))
+    if external is not None:
+        return external.exec(ctr.id, raw, detach)
+    return exec_process(state, config, load_process(raw), ExecOptions(None, None, detach, 0))
 
 
 def _stdin_from_null() -> None:

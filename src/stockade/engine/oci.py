@@ -72,6 +72,19 @@ class External:
     def delete(self, cid: str) -> None:
         subprocess.run(self._cmd("delete", "--force", cid), capture_output=True, check=False)
 
+    def exec(self, cid: str, process: dict[str, object], detach: bool) -> int:
+        """`exec --process`, the process's stdio being ours (the command's); with a terminal the
+        runtime makes the pty and copies between it and our stdio itself. Its exit status."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="stockade-exec-") as tmp:
+            spec = Path(tmp) / "process.json"
+            spec.write_text(json.dumps(process))
+            args = ["exec", "--process", str(spec), *(["--detach"] if detach else [])]
+            args += ["--tty"] if process.get("terminal") else []
+            return subprocess.run(self._cmd(*args, cid), check=False).returncode
+
 
 def _last_error(log: Path) -> str:
     with contextlib.suppress(OSError):
