@@ -57,3 +57,36 @@ def test_build_base_debian_and_run(tmp_path: Path, bundle: Bundle, runtime: Any)
         assert out[0].startswith("12.") and out[1] == "0" and out[2] == "Status: install ok installed"
     finally:
         rootfs.release(fs.target)
+    _engine_on_debian(root)
+
+
+def _engine_on_debian(root: Path) -> None:
+    """The engine on the Debian image: the seed demo's commit/run, exec seeing the container's
+    PID 1, a user from the image's /etc/passwd, bash's exit status, apt's files intact."""
+    from stockade.engine.host import stop_host
+
+    def stockade(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([STOCKADE, "--root", str(root), *args], capture_output=True, text=True, timeout=120)
+        assert not check or done.returncode == 0, f"{args}: {done.stderr}"
+        return done
+
+    try:
+        stockade("run", "--name", "deb1", "--network", "none", "debian:bookworm", "bash", "-c", "echo jay > /foo")
+        stockade("commit", "-m", "jay", "deb1", "debian-jay")
+        assert stockade("run", "--rm", "--network", "none", "debian-jay", "cat", "/foo").stdout == "jay\n"
+        assert "jay" in stockade("history", "debian-jay").stdout
+        stockade("run", "-d", "--name", "deb2", "--network", "none", "debian:bookworm", "sleep", "300")
+        init = stockade(
+            "exec", "deb2", "bash", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; id -un; exit 4", check=False
+        )
+        assert init.returncode == 4 and init.stdout.split("\n")[:2] == ["sleep 300 ", "root"]
+        who = stockade("run", "--rm", "--network", "none", "-u", "nobody", "debian:bookworm", "id", "-un")
+        assert who.stdout.strip() == "nobody"
+        apt = stockade("run", "--rm", "--network", "none", "debian:bookworm", "bash", "-c",
+                       "apt-get --version | head -1; test -r /var/lib/dpkg/status && echo dpkg-ok")  # fmt: skip
+        assert apt.stdout.startswith("apt ") and "dpkg-ok" in apt.stdout
+    finally:
+        ids = stockade("ps", "-aq", "--no-trunc", check=False).stdout.split()
+        if ids:
+            stockade("rm", "-f", *ids, check=False)
+        stop_host(root / "run")

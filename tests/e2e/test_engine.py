@@ -478,7 +478,9 @@ def test_another_oci_runtime_runs_the_same_bundle(engine: Engine) -> None:
     assert doc["HostConfig"]["Runtime"] == "runc" and doc["State"]["Running"]
     assert "up" in engine("logs", "viarunc").stdout
     # exec through runc's own `exec --process`: environment, user, exit status; a terminal too.
-    got = engine("exec", "-e", "X=via-exec", "-u", "1000", "viarunc", "sh", "-c", "echo $X $(id -u); exit 3", check=False)
+    got = engine(
+        "exec", "-e", "X=via-exec", "-u", "1000", "viarunc", "sh", "-c", "echo $X $(id -u); exit 3", check=False
+    )
     assert (got.returncode, got.stdout.strip()) == (3, "via-exec 1000"), got.stderr
     session = engine.spawn("exec", "-it", "viarunc", "sh")
     session.sendline("tty; exit")
@@ -516,3 +518,19 @@ def test_intercepted_mknod_is_mediated_by_the_monitor(engine: Engine) -> None:
         args = [x for o in opts for x in ("--security-opt", o)]
         bad = engine("run", "--rm", *args, "busybox", "true", check=False)
         assert bad.returncode == 125 and message in bad.stderr
+
+
+def test_unnamed_commit_is_listed_until_rmi_or_prune(engine: Engine) -> None:
+    engine("run", "--name", "src", "--network", "none", "busybox", "sh", "-c", "echo x > /x")
+    first = engine("commit", "src").stdout.strip().split(":")[1][:12]
+    second = engine("commit", "src").stdout.strip().split(":")[1][:12]
+    rows = [line.split() for line in engine("images").stdout.splitlines()[1:]]
+    assert ["<none>", "<none>", first] in [r[:3] for r in rows] and ["<none>", "<none>", second] in [
+        r[:3] for r in rows
+    ]
+    assert engine("run", "--rm", "--network", "none", first, "cat", "/x").stdout == "x\n"
+    engine("rmi", first)
+    engine("image", "prune", "-f")
+    listed = engine("images", "-q").stdout.split()
+    assert first not in listed and second not in listed
+    engine("rm", "src")

@@ -13,7 +13,7 @@ from typing import Any
 from stockade.cli.common import UsageError, _go_template, _Parser, _parser, print_docs  # noqa: F401 - re-exported
 from stockade.cli.format import human_ago, human_size, parse_time, table, truncate
 from stockade.errors import StockadeError
-from stockade.image.store import Image, ImageError, Store
+from stockade.image.store import DANGLING, Image, ImageError, Store
 from stockade.spec.image import Reference, digest_hex, parse_platform, parse_reference
 
 SHORT_FORMS = {
@@ -272,7 +272,8 @@ def cmd_rm(store: Store, argv: list[str]) -> int:
 def _remove_one(store: Store, text: str, force: bool) -> None:
     image = store.lookup(text)
     # A pull in progress holds the image too, but it is not a container using it.
-    users = [h for h, d in store.holders().items() if d == image.manifest_digest and not h.startswith("pull-")]
+    users = [h for h, d in store.holders().items()
+             if d == image.manifest_digest and not h.startswith(("pull-", DANGLING))]  # fmt: skip
     by_id = digest_hex(image.id).startswith(text.removeprefix("sha256:"))
     targets = list(image.names) if by_id or len(image.names) <= 1 else [parse_reference(text)]
     if by_id and len(image.names) > 1 and not force:
@@ -286,6 +287,7 @@ def _remove_one(store: Store, text: str, force: bool) -> None:
         if store.remove_name(ref):
             print(f"Untagged: {ref.familiar}")
     if len(targets) == len(image.names) and not users:
+        store.forget_unnamed(image.manifest_digest)
         removed, _freed = store.collect_garbage(grace_seconds=float("inf"))
         for digest in removed:
             if not digest.startswith("layer"):
@@ -297,8 +299,12 @@ def cmd_prune(store: Store, argv: list[str]) -> int:
     p.add_argument("-a", "--all", action="store_true", help="remove every image no container uses")
     p.add_argument("-f", "--force", action="store_true")
     args = p.parse_args(argv)
+    holders = store.holders()
+    used = {d for h, d in holders.items() if not h.startswith(DANGLING)}  # by containers, pulls
+    for holder, digest in holders.items():  # dangling images (unnamed commits) nobody uses
+        if holder.startswith(DANGLING) and digest not in used:
+            store.forget_unnamed(digest)
     if args.all:
-        used = set(store.holders().values())
         for image in store.images():
             if image.manifest_digest not in used:
                 for name in image.names:

@@ -147,7 +147,7 @@ def commit(root: Path, ctr: Container, ref_text: str | None, message: str, autho
     if ref is not None:
         store.set_name(ref, digest, len(manifest.to_bytes()))
     else:
-        store.hold(f"dangling-{digest.split(':')[1][:32]}", digest)  # an unnamed image stays
+        store.keep_unnamed(digest)  # listed as <none>, until rmi
     return store.image(digest).id
 
 

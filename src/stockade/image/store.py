@@ -4,7 +4,8 @@ directories beside it, so skopeo and umoci read it as `oci:<root>:<name>`.
     <root>/oci-layout, index.json, blobs/sha256/<hex>   the OCI layout (content-addressed, verified)
     <root>/ingest/<hex>.partial                        downloads in progress (resumable, never read)
     <root>/layers/<diff-id hex>/diff                   each layer unpacked once, shared by all images
-    <root>/holds/<holder>                              what containers use (never pruned)
+    <root>/holds/<holder>                              what containers use (never pruned), and
+                                                       dangling-<hex>: unnamed images (commit)
     <root>/locks/                                      flock files: index, one per blob, one per layer
 
 Rules that keep it consistent whatever is killed when: a blob becomes visible only by rename
@@ -49,6 +50,9 @@ from stockade.spec.image import (
 
 REPO_DIGEST_ANNOTATION = "io.stockade.repo-digest"
 CHUNK = 1 << 20
+
+
+DANGLING = "dangling-"  # holder prefix of the unnamed images kept on purpose
 
 
 class ImageError(StockadeError):
@@ -242,7 +246,19 @@ class Store:
         return Image(digest, manifest, self.load_config(manifest), names, repo_digests)
 
     def images(self) -> list[Image]:
-        return [self._build(digest, *named) for digest, named in self._names().items()]
+        """Named images, and the unnamed ones kept by a dangling hold (`commit` without a name,
+        listed as <none>:<none>, as Docker's)."""
+        named = self._names()
+        for holder, digest in self.holders().items():
+            if holder.startswith(DANGLING) and digest not in named:
+                named[digest] = ([], [])
+        return [self._build(digest, *names) for digest, names in named.items()]
+
+    def keep_unnamed(self, manifest_digest: str) -> None:
+        self.hold(DANGLING + manifest_digest.split(":")[1][:32], manifest_digest)
+
+    def forget_unnamed(self, manifest_digest: str) -> None:
+        self.release(DANGLING + manifest_digest.split(":")[1][:32])
 
     def image(self, manifest_digest: str) -> Image:
         """One stored image by manifest digest (named or not), without loading the others."""
