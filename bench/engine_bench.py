@@ -81,7 +81,10 @@ class Stockade(Tool):
     name = "stockade"
 
     def __init__(self, base: Path, tar: Path) -> None:
+        from stockade.network.firewall import tables_present
+
         self.env = {**os.environ, "STOCKADE_ROOT": str(base / "stockade"), "STOCKADE_HOST_IDLE": "600"}
+        self.tables_before = tables_present()
         run([STOCKADE, "import", str(tar), "benchbox"], self.env)
 
     def cli(self, *args: str) -> list[str]:
@@ -107,9 +110,11 @@ class Stockade(Tool):
     def stop(self) -> None:
         from stockade.engine.host import stop_host
         from stockade.engine.networking import take_down_all
+        from stockade.network.firewall import remove_tables, tables_present
 
         root = Path(self.env["STOCKADE_ROOT"])
         take_down_all(root, root / "run")
+        remove_tables(tables_present() - self.tables_before)  # the nft tables the bench made
         stop_host(root / "run")
 
 

@@ -75,6 +75,10 @@ def main() -> int:
     if not shutil.which("iperf3") or not os.path.exists(LOADER):
         print("network bench skipped: needs iperf3 (Debian package) on x86_64")
         return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from stockade.network.firewall import tables_present
+
+    tables_before = tables_present()
     base = Path(tempfile.mkdtemp(prefix="stockade-net-bench-"))
     os.chmod(base, 0o711)
     env = {**os.environ, "STOCKADE_ROOT": str(base / "root"), "STOCKADE_HOST_IDLE": "30"}
@@ -109,11 +113,12 @@ def main() -> int:
             loopback.kill()
             loopback.wait()
         subprocess.run([STOCKADE, "rm", "-f", "iperf"], env=env, capture_output=True)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         from stockade.engine.host import stop_host
         from stockade.engine.networking import take_down_all
+        from stockade.network.firewall import remove_tables, tables_present
 
         take_down_all(base / "root", base / "root" / "run")
+        remove_tables(tables_present() - tables_before)  # the nft tables the bench made
         stop_host(base / "root" / "run")
         shutil.rmtree(base, ignore_errors=True)
     direct_rate = results["direct to the container's address"]

@@ -70,26 +70,24 @@ def _searchable(path: Path) -> None:
         os.chmod(directory, os.stat(directory).st_mode | 0o011)
 
 
-def _nft_tables() -> bool:
-    from stockade.kernel import nftables
+def _nft_tables() -> set[str]:
+    from stockade.network.firewall import tables_present
 
-    return bool(nftables.list_ruleset("ip", "stockade"))
+    return tables_present()
 
 
-def take_down(e: Engine, tables_before: bool) -> None:
-    """Containers, then the store's networks (bridges, rules, DNS responders), then our nft
-    tables if this test made them, then the monitor host."""
+def take_down(e: Engine, tables_before: set[str]) -> None:
+    """Containers, then the store's networks (bridges, rules, DNS responders), then the nft
+    tables this test made (per family: ip6 comes with the first IPv6 network), then the
+    monitor host."""
     from stockade.engine.networking import take_down_all
-    from stockade.kernel import nftables
+    from stockade.network.firewall import remove_tables
 
     ids = e("ps", "-aq", "--no-trunc", check=False).stdout.split()
     if ids:
         e("rm", "-f", *ids, check=False)
     take_down_all(e.root, e.root / "run")
-    if not tables_before:
-        for family in ("ip", "ip6", "bridge"):
-            with contextlib.suppress(OSError):
-                nftables.run([{"delete": {"table": {"family": family, "name": "stockade"}}}])
+    remove_tables(_nft_tables() - tables_before)
     stop_host(e.root / "run")
 
 

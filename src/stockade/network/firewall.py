@@ -245,8 +245,18 @@ def unisolate_port(veth: str) -> None:
         )
 
 
-def remove_tables() -> None:
-    """Both of our tables (tests; `stockade system reset` one day)."""
-    for family in ("ip", "ip6", "bridge"):
+FAMILIES = ("ip", "ip6", "bridge")
+
+
+def tables_present() -> set[str]:
+    """The families that have our table now (tests and benches remove what they added)."""
+    return {family for family in FAMILIES if nftables.list_ruleset(family, TABLE)}
+
+
+def remove_tables(families: tuple[str, ...] | set[str] = FAMILIES) -> None:
+    """Our tables (tests, benches; `stockade system reset` one day)."""
+    global _tables_seen
+    for family in families:
         with contextlib.suppress(OSError):
             nftables.run([{"delete": {"table": {"family": family, "name": TABLE}}}])
+    _tables_seen = False
