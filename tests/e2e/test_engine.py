@@ -274,6 +274,10 @@ def test_commands_served_by_the_warm_host(engine: Engine, tmp_path: Path) -> Non
     assert (proc.returncode, proc.stdout) == (3, "hello-served\nfrom-stdin\n"), proc.stderr
     subprocess.run([STOCKADE, "cp", "keeper:/etc/hostname", "copied"], env=env, cwd=work, check=True, timeout=30)
     assert (work / "copied").read_text().strip() == engine.inspect("keeper")["Config"]["Hostname"]
+    # A caller's strict umask does not reach the store (the container's root must traverse it).
+    strict = subprocess.run([STOCKADE, "run", "--rm", "--network", "none", "busybox", "echo", "umask-ok"], env=env,
+                            capture_output=True, text=True, timeout=30, preexec_fn=lambda: os.umask(0o077))  # fmt: skip
+    assert strict.stdout == "umask-ok\n", strict.stderr
     bad = subprocess.run([STOCKADE, "inspect", "nosuch"], env=env, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "no such container" in bad.stderr.lower()
     # A client killed: its worker goes too (a foreground `logs -f` would otherwise live on).

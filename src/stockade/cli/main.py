@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         root = data_root(root_flag)
+        # The store's files and directories get the modes a daemon's would: a caller's umask
+        # of 077 would make container directories unreachable for the containers' own root.
+        os.umask(0o022)
         if os.geteuid() != 0 and args[0] not in NO_STORE_COMMANDS:
             _enter_rootless(root)
         elif "stockade.cli.served" not in sys.modules:

@@ -3,7 +3,7 @@
 Why: a fresh interpreter that imports the CLI costs ~80 ms before any work; a fork of the host,
 which has imported everything once, starts in about a millisecond. The client sends
 
-    "cli\\n", then a 4-byte length and NUL-separated fields: cwd, argc, argv..., KEY=VALUE...
+    "cli 2\\n", then a 4-byte length and NUL-separated fields: cwd, argc, argv..., KEY=VALUE...
     with its stdin, stdout and stderr attached (SCM_RIGHTS)
 
 and the worker answers its pid (4 bytes; the client relays SIGINT, SIGTERM, SIGHUP, SIGWINCH

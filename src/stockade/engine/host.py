@@ -10,7 +10,7 @@ run in their own sessions and outlive the host: killing it never touches a conta
 Request: one JSON line {"root", "id", "hello"}; the host forks, and the monitor keeps the
 connection as its first client (so a foreground `run` misses none of the output).
 
-The host also serves whole commands (request line `cli`): bin/stockade, a small client that
+The host also serves whole commands (request line `cli 2`): bin/stockade, a small client that
 imports next to nothing, sends its argv, environment, working directory and stdio descriptors
 (SCM_RIGHTS); a fork of the host runs the command with everything already imported and sends
 back the exit status. The serving code belongs to the CLI layer, which registers it here
@@ -36,7 +36,7 @@ from stockade.kernel import process as kproc
 
 SOCKET = "monitor-host.sock"
 IDLE_SECONDS = float(os.environ.get("STOCKADE_HOST_IDLE", "30"))
-CLI_REQUEST = b"cli\n"
+CLI_REQUEST = b"cli 2\n"  # (the protocol's version: a host of another one answers nothing)
 
 _in_worker = False  # this process is a command worker (see serving_commands)
 # The CLI layer's command server: (serve(conn) in a fresh fork, warm_up() once in the host).
