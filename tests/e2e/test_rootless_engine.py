@@ -64,6 +64,13 @@ class User:
             raise AssertionError(f"stockade {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
         return proc
 
+    def client(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """bin/stockade itself: with -I it cannot import stockade from PYTHONPATH, so it works
+        only when the user's warm host (in the rootless namespace) serves the command."""
+        cmd = ["setpriv", "--reuid", str(self.uid), "--regid", str(self.gid), "--clear-groups",
+               str(self.base / "bin" / "stockade"), *args]  # fmt: skip
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60, cwd=self.base)
+
     def inspect(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self("inspect", name).stdout)[0])
 
@@ -91,6 +98,9 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
         os.chmod(directory, os.stat(directory).st_mode | 0o011)
     entry = pwd.getpwnam(USER)
     shutil.copytree(SRC, base / "src" / "stockade", ignore=shutil.ignore_patterns("__pycache__"))
+    (base / "bin").mkdir()
+    shutil.copy(SRC.parents[1] / "bin" / "stockade", base / "bin" / "stockade")
+    os.symlink(SYSTEM_PYTHON, base / "bin" / "python3")  # the launcher runs the python beside it
     for d in ("home", "run"):
         (base / d).mkdir()
     for path in [base, *base.rglob("*")]:
@@ -271,3 +281,14 @@ def test_rootless_network_errors(user: User) -> None:
     if "ignored: rootless containers get no cgroup" not in warn.stderr:
         assert "WARNING" not in warn.stderr  # (a host with a delegated cgroup v2 applies it)
     assert user("ps", "-aq").stdout.strip() == ""
+
+
+def test_rootless_commands_are_served_by_the_users_warm_host(user: User) -> None:
+    user("run", "-d", "--name", "warm", "--network", "none", "busybox", "sleep", "300")  # (starts the host)
+    served = user.client("run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; cat /proc/self/uid_map")
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.split() == ["hi", "0", "0", "1", "1", "1", "65535"]
+    got = user.client("exec", "warm", "sh", "-c", "id -u; exit 5")
+    assert (got.returncode, got.stdout) == (5, "0\n"), got.stderr
+    assert "warm" in user.client("ps").stdout
+    user("rm", "-f", "warm")

@@ -82,7 +82,7 @@ def _enter_rootless(root: Path) -> None:
 
 def _offer_commands_to_host() -> None:
     """A monitor host forked from this process will also serve whole commands to bin/stockade
-    (see cli/served.py). Root only: a rootless user's commands must join its namespace first."""
+    (see cli/served.py); a rootless user's host and its workers are in the user's namespace."""
     from stockade.cli import served
     from stockade.engine import host
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         os.umask(0o022)
         if os.geteuid() != 0 and args[0] not in NO_STORE_COMMANDS:
             _enter_rootless(root)
-        elif "stockade.cli.served" not in sys.modules:
+        if "stockade.cli.served" not in sys.modules and args[0] not in NO_STORE_COMMANDS:
             _offer_commands_to_host()
             code = dispatch(root, args)
             if args[0] in HOST_COMMANDS and os.environ.get("STOCKADE_NO_HOST") != "1":

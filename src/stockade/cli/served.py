@@ -38,8 +38,10 @@ def serve(conn: socket.socket) -> None:
         os.close(fd)
     _new_stdio()
     os.chdir(cwd)
+    pinned = _rootless_pins(env)
     os.environb.clear()
     os.environb.update(env)
+    os.environ.update(pinned)
     conn.sendall(struct.pack("!i", os.getpid()))
     from stockade.engine import host
 
@@ -51,6 +53,22 @@ def serve(conn: socket.socket) -> None:
         except OSError:
             pass
     conn.sendall(struct.pack("!i", code))
+
+
+def _rootless_pins(client_env: dict[bytes, bytes]) -> dict[str, str]:
+    """A rootless host's workers are uid 0 in the user's namespace: the variables that tell the
+    CLI it works for that user (cli/main.py's _enter_rootless), the data root defaulting to
+    the user's XDG directory as the client's own CLI would have chosen it."""
+    from stockade.engine import rootless
+
+    if not rootless.active():
+        return {}
+    pins = {rootless.ENV: "1", "STOCKADE_RUNROOT": os.environ["STOCKADE_RUNROOT"]}
+    if b"STOCKADE_ROOT" not in client_env:
+        home = client_env.get(b"HOME", b"").decode(errors="surrogateescape")
+        data = client_env.get(b"XDG_DATA_HOME", b"").decode(errors="surrogateescape") or f"{home}/.local/share"
+        pins["STOCKADE_ROOT"] = f"{data}/stockade"
+    return pins
 
 
 def _receive(conn: socket.socket) -> tuple[list[int], bytes]:
