@@ -292,3 +292,35 @@ def test_rootless_commands_are_served_by_the_users_warm_host(user: User) -> None
     assert (got.returncode, got.stdout) == (5, "0\n"), got.stderr
     assert "warm" in user.client("ps").stdout
     user("rm", "-f", "warm")
+
+
+def test_keep_id_runs_as_the_user_with_the_images_root_intact(user: User) -> None:
+    """--userns keep-id: the container's process is the user itself (its uid and gid, so its
+    bind-mounted files are its own), the image's files are still root's inside."""
+    work = user.base / "work"
+    work.mkdir()
+    (work / "mine").write_text("hello\n")
+    os.chown(work, user.uid, user.gid)
+    os.chown(work / "mine", user.uid, user.gid)
+    script = "id -u; id -g; stat -c %u /bin/busybox /work/mine; echo more >> /work/mine && echo wrote; head -3 /proc/self/uid_map"
+    out = user(
+        "run", "--rm", "--network", "none", "--userns", "keep-id", "-v", f"{work}:/work", "busybox", "sh", "-c", script
+    )
+    lines = out.stdout.splitlines()
+    assert lines[:5] == [str(user.uid), str(user.gid), "0", str(user.uid), "wrote"], out.stdout + out.stderr
+    assert lines[5].split() == ["0", "1", str(user.uid)] and lines[6].split() == [str(user.uid), "0", "1"]
+    assert (work / "mine").read_text() == "hello\nmore\n" and (work / "mine").stat().st_uid == user.uid
+    as_root = user("run", "--rm", "--network", "none", "--userns", "keep-id", "-u", "0", "busybox", "id", "-u")
+    assert as_root.stdout.strip() == "0"
+
+
+def test_keep_id_is_refused_for_root(tmp_path: Path) -> None:
+    import sys
+
+    stockade = str(Path(sys.executable).parent / "stockade")
+    env = {**os.environ, "STOCKADE_NO_HOST": "1"}
+    subprocess.run([stockade, "--root", str(tmp_path / "root"), "image", "build-base", "busybox"], env=env, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    done = subprocess.run([stockade, "--root", str(tmp_path / "root"), "run", "--rm", "--userns", "keep-id", "busybox", "true"],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 125 and "keep-id is for rootless containers" in done.stderr

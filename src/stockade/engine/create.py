@@ -23,7 +23,7 @@ from typing import Any
 
 from stockade.engine import names
 from stockade.engine.containers import Container, Containers, EngineError, now_rfc3339, write_json
-from stockade.engine.idranges import Allocator, IDMap
+from stockade.engine.idranges import Allocator, IDMap, keep_id_map
 from stockade.engine.options import CreateRequest, MountRequest, capabilities
 from stockade.engine.plan import PlanError, container_config
 from stockade.image.store import Image, ImageError, Store
@@ -241,9 +241,14 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
     if idmap is None:
         _no_user_namespace(config)
     else:
-        ctr.record["IDMap"] = {"UidStart": idmap.uid_start, "GidStart": idmap.gid_start, "Size": idmap.size}
+        ctr.record["IDMap"] = idmap.record()
     _security(config, req)
     _intercept(root, ctr, config, req)
+    if req.userns == "keep-id" and not req.run.user:  # the user, as itself (podman's keep-id)
+        from stockade.engine.rootless import host_ids
+
+        uid, gid = host_ids()
+        config["process"]["user"] = {"uid": uid, "gid": gid}
     _resources(config, req)
     config["process"]["rlimits"] = _rlimits(req)
     resolvers = _network(root, ctr, config, req, image)
@@ -263,8 +268,15 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
 def _id_map(root: Path, cid: str, req: CreateRequest) -> IDMap | None:
     if req.privileged or req.userns == "host":
         return None
+    if req.userns == "keep-id":
+        from stockade.engine import rootless
+
+        if not rootless.active():
+            raise PlanError("--userns keep-id is for rootless containers (root's have no user of their own to keep)")
+        uid, gid = rootless.host_ids()
+        return keep_id_map(uid, gid, min(65536, rootless.container_id_map_size()))
     if req.userns not in ("", "auto", "private"):
-        raise PlanError(f"--userns {req.userns}: unknown mode (want host, auto or private)")
+        raise PlanError(f"--userns {req.userns}: unknown mode (want host, auto, private or keep-id)")
     return allocator(root).allocate(cid)
 
 

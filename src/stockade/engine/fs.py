@@ -24,13 +24,21 @@ from stockade.kernel import mounts
 
 
 def _shift_back(ctr: Container) -> Any:
-    idmap = ctr.record.get("IDMap")
-    if not idmap:
+    """Host IDs (as the upper layer stores them) -> the container's IDs (nobody if unmapped)."""
+    from stockade.engine.idranges import record_maps
+
+    uid_maps, gid_maps = record_maps(ctr.record)
+    if not uid_maps:
         return lambda uid, gid: (uid, gid)
-    us, gs, size = idmap["UidStart"], idmap["GidStart"], idmap["Size"]
+
+    def inside(value: int, maps: list[Any]) -> int:
+        for m in maps:
+            if m.host_id <= value < m.host_id + m.size:
+                return int(m.container_id + value - m.host_id)
+        return 65534
 
     def back(uid: int, gid: int) -> tuple[int, int]:
-        return (uid - us if us <= uid < us + size else 65534), (gid - gs if gs <= gid < gs + size else 65534)
+        return inside(uid, uid_maps), inside(gid, gid_maps)
 
     return back
 
@@ -162,15 +170,11 @@ def mounted_rootfs(root: Path, ctr: Container, merged: bool = False) -> Iterator
         yield target if merged else Path(f"/proc/{ctr.state['Pid']}/root")
         return
     from stockade.engine.create import store_of
+    from stockade.engine.idranges import record_maps
     from stockade.image.rootfs import prepare, release
-    from stockade.spec.runtime import IDMapping
 
     store = store_of(root)
-    idmap = ctr.record.get("IDMap")
-    maps: tuple[list[IDMapping], list[IDMapping]] = ([], [])
-    if idmap:
-        maps = ([IDMapping(0, idmap["UidStart"], idmap["Size"])], [IDMapping(0, idmap["GidStart"], idmap["Size"])])
-    prepare(store, store.image(ctr.record["ImageManifest"]), ctr.dir, *maps)
+    prepare(store, store.image(ctr.record["ImageManifest"]), ctr.dir, *record_maps(ctr.record))
     try:
         yield target
     finally:

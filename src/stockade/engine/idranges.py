@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stockade.errors import StockadeError
 
@@ -51,11 +52,56 @@ class IDMap:
     gid_start: int
     size: int
     cuts: tuple[int, ...] = ()
+    # Explicit (containerID, hostID, size) lines instead of a shifted range (--userns keep-id).
+    uid_lines: tuple[tuple[int, int, int], ...] = ()
+    gid_lines: tuple[tuple[int, int, int], ...] = ()
 
-    def lines(self, host_start: int) -> list[dict[str, int]]:
-        """uidMappings / gidMappings for config.json."""
+    def uid_mappings(self) -> list[dict[str, int]]:
+        """linux.uidMappings for config.json."""
+        return self._lines(self.uid_start, self.uid_lines)
+
+    def gid_mappings(self) -> list[dict[str, int]]:
+        return self._lines(self.gid_start, self.gid_lines)
+
+    def _lines(self, host_start: int, explicit: tuple[tuple[int, int, int], ...]) -> list[dict[str, int]]:
+        if explicit:
+            return [{"containerID": c, "hostID": h, "size": n} for c, h, n in explicit]
         bounds = [0, *sorted(c for c in set(self.cuts) if 0 < c < self.size), self.size]
         return [{"containerID": a, "hostID": host_start + a, "size": b - a} for a, b in itertools.pairwise(bounds)]
+
+    def record(self) -> dict[str, Any]:
+        """What the container's record keeps (`record_maps` reads it back)."""
+        doc: dict[str, Any] = {"UidStart": self.uid_start, "GidStart": self.gid_start, "Size": self.size}
+        if self.uid_lines:
+            doc["UidMap"], doc["GidMap"] = [list(x) for x in self.uid_lines], [list(x) for x in self.gid_lines]
+        return doc
+
+
+def keep_id_map(own_uid: int, own_gid: int, size: int) -> IDMap:
+    """--userns keep-id (rootless): the user is itself inside (uid/gid as on the host, at
+    rootless-namespace ID 0), container IDs below it come from the subordinate range (so the
+    image's root is a subordinate ID, as podman does), the rest are identity."""
+    if not 0 < own_uid < size - 1 or not 0 < own_gid < size - 1:
+        raise IDRangeError(
+            f"--userns keep-id: uid {own_uid} / gid {own_gid} is outside the {size} IDs the namespace maps"
+        )
+
+    def lines(own: int) -> tuple[tuple[int, int, int], ...]:
+        return ((0, 1, own), (own, 0, 1), (own + 1, own + 1, size - own - 1))
+
+    return IDMap(1, 1, size, uid_lines=lines(own_uid), gid_lines=lines(own_gid))
+
+
+def record_maps(record: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """A container's ID maps as IDMapping lists, from its record ([] without a user namespace)."""
+    from stockade.spec.runtime import IDMapping
+
+    idmap = record.get("IDMap")
+    if not idmap:
+        return [], []
+    if idmap.get("UidMap"):
+        return ([IDMapping(*line) for line in idmap["UidMap"]], [IDMapping(*line) for line in idmap["GidMap"]])
+    return [IDMapping(0, idmap["UidStart"], idmap["Size"])], [IDMapping(0, idmap["GidStart"], idmap["Size"])]
 
 
 def parse_subid(text: str, path: str) -> list[tuple[str, SubIDRange]]:

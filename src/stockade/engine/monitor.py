@@ -187,17 +187,15 @@ class Monitor:
 
     def _mount(self) -> None:
         from stockade.engine.create import store_of
+        from stockade.engine.idranges import record_maps
         from stockade.engine.volumes import Volumes
         from stockade.image.rootfs import attach_idmapped, prepare
-        from stockade.spec.runtime import IDMapping
 
         ctr = self.ctr
         store = store_of(self.root)
         image = store.image(ctr.record["ImageManifest"])
         idmap = ctr.record.get("IDMap")
-        maps: tuple[list[IDMapping], list[IDMapping]] = ([], [])
-        if idmap:
-            maps = ([IDMapping(0, idmap["UidStart"], idmap["Size"])], [IDMapping(0, idmap["GidStart"], idmap["Size"])])
+        maps = record_maps(ctr.record)
         rootfs = prepare(store, image, ctr.dir, *maps)
         self.mounted.append(str(rootfs.target))
         ctr.state["Driver"], ctr.state["IDMapping"] = rootfs.driver, rootfs.idmap

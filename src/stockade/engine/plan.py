@@ -123,6 +123,6 @@ def container_config(
         uid, gid, extra = resolve_user(user, passwd, group)
         process["user"] = {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})}
     apply_secure_defaults(config, idmap.uid_start, idmap.size)
-    config["linux"]["uidMappings"] = idmap.lines(idmap.uid_start)
-    config["linux"]["gidMappings"] = idmap.lines(idmap.gid_start)
+    config["linux"]["uidMappings"] = idmap.uid_mappings()
+    config["linux"]["gidMappings"] = idmap.gid_mappings()
     return config

@@ -193,3 +193,12 @@ def container_id_map_size() -> int:
             if len(fields) == 3:
                 total += int(fields[2])
     return total
+
+
+def host_ids() -> tuple[int, int]:
+    """The user's own uid and gid on the host (rootless namespace ID 0), from our maps."""
+    found = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/self/{name}") as f:
+            found.append(next(int(fields[1]) for fields in map(str.split, f) if fields and fields[0] == "0"))
+    return found[0], found[1]
