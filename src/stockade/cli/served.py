@@ -46,6 +46,8 @@ def serve(conn: socket.socket) -> None:
     from stockade.engine import host
 
     host.serving_commands()
+    if _starts_a_container(argv):
+        host.prefork_monitor()
     code = _run(argv)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -53,6 +55,13 @@ def serve(conn: socket.socket) -> None:
         except OSError:
             pass
     conn.sendall(struct.pack("!i", code))
+
+
+def _starts_a_container(argv: list[str]) -> bool:
+    words = [a for a in argv[:3] if not a.startswith("-")]
+    if words[:1] == ["container"]:
+        words = words[1:]
+    return words[:1] in (["run"], ["start"], ["restart"])
 
 
 def _rootless_pins(client_env: dict[bytes, bytes]) -> dict[str, str]:

@@ -174,6 +174,7 @@ def remove_network(root: Path, runroot: Path, name: str) -> str:
     responder go with it."""
     from stockade.network import dns, firewall, links
     from stockade.network.config import PREDEFINED, NetworkError
+    from stockade.network.endpoints import rules_marker
     from stockade.network.store import Networks
 
     networks = Networks(root)
@@ -190,6 +191,7 @@ def remove_network(root: Path, runroot: Path, name: str) -> str:
         dns.stop(runroot, net.id)
         firewall.remove_network(net.id, net.bridge)
         links.delete_link(net.bridge)
+        rules_marker(runroot, net.id).unlink(missing_ok=True)
         networks.remove(net)
     return net.name
 
@@ -247,6 +249,7 @@ def take_down_all(root: Path, runroot: Path) -> None:
     networks are removed, the predefined ones forgotten. For tests and resets: the caller has
     removed the containers."""
     from stockade.network import dns, firewall, links
+    from stockade.network.endpoints import rules_marker
     from stockade.network.store import Networks
 
     networks = Networks(root)
@@ -257,4 +260,5 @@ def take_down_all(root: Path, runroot: Path) -> None:
                 with contextlib.suppress(OSError):
                     firewall.remove_network(net.id, net.bridge)
                 links.delete_link(net.bridge)
+                rules_marker(runroot, net.id).unlink(missing_ok=True)
             networks.remove(net)

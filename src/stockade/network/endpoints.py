@@ -127,15 +127,21 @@ def _join(
     mtu = int(net.doc["Options"].get("com.docker.network.driver.mtu", 0)) or default_route_mtu()
     v6_gateway = (str(net.gateway6), prefix6) if net.ipv6 else None
     made_bridge = links.ensure_bridge(net.bridge, str(net.gateway), prefix, mtu, v6_gateway)
-    if made_bridge or not firewall.has_network(net.id):
-        firewall.add_network(net.id, net.bridge, str(net.subnet), net.internal, net.isolated,
-                             str(net.subnet6) if net.ipv6 else None)  # fmt: skip
-        if not net.internal:
-            from stockade.kernel.net import write_sysctl
+    # The network's rules are checked (an nft listing, ~5 ms) once per boot, then trusted: a
+    # marker on the run root's tmpfs says they were there with this bridge.
+    marker = rules_marker(runroot, net.id)
+    if made_bridge or not marker.exists():
+        if made_bridge or not firewall.has_network(net.id):
+            firewall.add_network(net.id, net.bridge, str(net.subnet), net.internal, net.isolated,
+                                 str(net.subnet6) if net.ipv6 else None)  # fmt: skip
+            if not net.internal:
+                from stockade.kernel.net import write_sysctl
 
-            write_sysctl("net.ipv4.ip_forward", "1")  # as Docker: routed egress needs it
-            if net.ipv6:
-                write_sysctl("net.ipv6.conf.all.forwarding", "1")  # (Docker does the same for IPv6)
+                write_sysctl("net.ipv4.ip_forward", "1")  # as Docker: routed egress needs it
+                if net.ipv6:
+                    write_sysctl("net.ipv6.conf.all.forwarding", "1")  # (Docker does the same for IPv6)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
     gateway = str(net.gateway) if default_route and not net.internal else None
     v6 = (str(address6), prefix6, str(net.gateway6) if gateway else None) if address6 else None
     links.add_veth(net.bridge, endpoint["HostInterface"], member.netns, endpoint["Interface"], str(address), prefix,
@@ -147,6 +153,10 @@ def _join(
 
         dns.ensure(runroot, net.id, net.path, str(net.gateway))
     return endpoint
+
+
+def rules_marker(runroot: Path, net_id: str) -> Path:
+    return runroot / "firewall" / net_id[:12]
 
 
 def _publish(settings: dict[str, Any], ports: list[PortBinding], address: str) -> None:

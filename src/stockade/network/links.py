@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from stockade.kernel import namespaces as kns
-from stockade.kernel.net import write_sysctl
+from stockade.kernel.net import interface_index, write_sysctl
 
 
 def _iproute() -> Any:
@@ -76,7 +76,7 @@ def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[st
     ipr = _iproute()
     try:
         ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-        index = ipr.link_lookup(ifname=name)[0]
+        index = interface_index(name)
         ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
         if v6 is not None:
             write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "0")
@@ -121,14 +121,14 @@ def add_veth(
 def _pair(bridge: str, host_if: str, netns: str, peer: dict[str, Any]) -> None:
     ipr = _iproute()
     try:
-        bridge_index = ipr.link_lookup(ifname=bridge)[0]
+        bridge_index = interface_index(bridge)
         fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ipr.link("add", ifname=host_if, kind="veth", mtu=peer["mtu"], master=bridge_index,
                      peer={**peer, "net_ns_fd": fd})  # fmt: skip
         finally:
             os.close(fd)
-        ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], state="up")
+        ipr.link("set", index=interface_index(host_if), state="up")
     finally:
         ipr.close()
 
@@ -139,7 +139,7 @@ def _configure_inside(
     with in_netns(netns):
         inside = _iproute()
         try:
-            index = inside.link_lookup(ifname=ctr_if)[0]
+            index = interface_index(ctr_if)
             inside.addr("add", index=index, address=address, prefixlen=prefixlen)
             if v6 is not None:
                 write_sysctl(f"net.ipv6.conf.{ctr_if}.disable_ipv6", "0")
