@@ -54,11 +54,12 @@ def spawn_monitor(root: Path, runroot: Path, cid: str, hello: dict[str, object])
     socket is connected to that monitor. A command the host serves is a fork of it already:
     it forks the monitor itself (saving the round trip and the host's own fork)."""
     global _preforked
-    if _preforked is not None:  # made at the command's start (see prefork_monitor)
+    if _in_worker:  # forked here (at the command's start if it was foreseen: prefork_monitor)
+        if _preforked is None:
+            prefork_monitor()
+        assert _preforked is not None
         sock, _preforked = _preforked, None
         sock.sendall(json.dumps({"root": str(root), "runroot": str(runroot), "id": cid}).encode() + b"\n")
-    elif _in_worker:
-        sock = _fork_monitor(root, runroot, cid)
     else:
         sock = _connect_or_start(runroot)
         sock.sendall(json.dumps({"root": str(root), "id": cid}).encode() + b"\n")
@@ -73,7 +74,8 @@ def serving_commands() -> None:
 
 
 def prefork_monitor() -> None:
-    """In a command worker that will likely start a container: fork its monitor-to-be now,
+    """In a command worker that will likely start a container: fork its monitor-to-be now
+    (double fork: it is nobody's child, and it drops the command's stdio at once),
     while the worker has dirtied next to nothing. A monitor forked later from the worker would
     own privately every page the command touched once the worker exits (~1.4 MB each). The
     child waits for {"root", "runroot", "id"} (or EOF: not needed after all, it exits)."""
@@ -94,25 +96,6 @@ def prefork_monitor() -> None:
     theirs.close()
     os.waitpid(pid, 0)
     _preforked = ours
-
-
-def _fork_monitor(root: Path, runroot: Path, cid: str) -> socket.socket:
-    """Double fork: the monitor is nobody's child (and has none of this command's stdio)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            ours.close()
-            if os.fork():
-                os._exit(0)
-            kproc.detach_stdio(keep=theirs.fileno())
-            os.chdir(runroot)
-            _be_monitor(root, runroot, cid, theirs)
-        finally:
-            os._exit(0)
-    theirs.close()
-    os.waitpid(pid, 0)
-    return ours
 
 
 def ensure_running(runroot: Path) -> None:
