@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -42,32 +41,27 @@ class SubIDRange:
 
 @dataclass(frozen=True, slots=True)
 class IDMap:
-    """A container's maps: container IDs 0..size-1 -> host uid_start.. / gid_start..
-
-    `cuts` are container IDs where a new map line must begin: the kernel wants each line to
-    land inside one line of the parent namespace's map (rootless: 0 is the user, 1.. its range).
-    """
+    """A container's maps: container IDs 0..size-1 -> host uid_start.. / gid_start.., or the
+    explicit (containerID, hostID, size) lines of `uid_lines`/`gid_lines` where one shifted
+    range can't say it: rootless, the kernel wants each line inside one line of the parent
+    namespace's map (0 is the user, 1.. its range); --userns keep-id moves the user's ID."""
 
     uid_start: int
     gid_start: int
     size: int
-    cuts: tuple[int, ...] = ()
-    # Explicit (containerID, hostID, size) lines instead of a shifted range (--userns keep-id).
     uid_lines: tuple[tuple[int, int, int], ...] = ()
     gid_lines: tuple[tuple[int, int, int], ...] = ()
 
     def uid_mappings(self) -> list[dict[str, int]]:
         """linux.uidMappings for config.json."""
-        return self._lines(self.uid_start, self.uid_lines)
+        return self._lines(self.uid_lines or ((0, self.uid_start, self.size),))
 
     def gid_mappings(self) -> list[dict[str, int]]:
-        return self._lines(self.gid_start, self.gid_lines)
+        return self._lines(self.gid_lines or ((0, self.gid_start, self.size),))
 
-    def _lines(self, host_start: int, explicit: tuple[tuple[int, int, int], ...]) -> list[dict[str, int]]:
-        if explicit:
-            return [{"containerID": c, "hostID": h, "size": n} for c, h, n in explicit]
-        bounds = [0, *sorted(c for c in set(self.cuts) if 0 < c < self.size), self.size]
-        return [{"containerID": a, "hostID": host_start + a, "size": b - a} for a, b in itertools.pairwise(bounds)]
+    @staticmethod
+    def _lines(lines: tuple[tuple[int, int, int], ...]) -> list[dict[str, int]]:
+        return [{"containerID": c, "hostID": h, "size": n} for c, h, n in lines]
 
     def record(self) -> dict[str, Any]:
         """What the container's record keeps (`record_maps` reads it back)."""
@@ -187,7 +181,9 @@ class Allocator:
         from stockade.engine import rootless
 
         if rootless.active():  # the rootless namespace's IDs are the user's: containers share them
-            return IDMap(0, 0, min(SLICE, rootless.container_id_map_size()), cuts=(1,))
+            size = min(SLICE, rootless.container_id_map_size())
+            identity = ((0, 0, 1), (1, 1, size - 1))  # (split where the namespace's own map is)
+            return IDMap(0, 0, size, uid_lines=identity, gid_lines=identity)
         with _locked(self.lock):
             uids, gids = self._range(self.subuid), self._range(self.subgid)
             slots = self._load()

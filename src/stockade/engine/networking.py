@@ -41,7 +41,7 @@ def attach_usermode(ctr: Container, pid: int, ports: list[Any]) -> None:
 
     driver, options = split_mode(str(ctr.record["HostConfig"]["NetworkMode"]))
     doc = start(driver, options, pid, ports)
-    write_json(ctr.dir / SETTINGS, doc)
+    save_settings(ctr, doc)
     host = doc.get("HostAddress") or ""
     write_hosts(
         ctr,
@@ -67,7 +67,7 @@ def settings(ctr: Container) -> dict[str, Any]:
 
 
 def save_settings(ctr: Container, doc: dict[str, Any]) -> None:
-    if doc.get("Networks") or doc.get("PortRules"):
+    if doc.get("Networks") or doc.get("PortRules") or doc.get("UserNet"):
         write_json(ctr.dir / SETTINGS, doc)
     else:
         with contextlib.suppress(FileNotFoundError):

@@ -24,6 +24,10 @@ from pathlib import Path
 
 from stockade.errors import StockadeError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from stockade.spec.runtime import IDMapping
+
 ENV = "STOCKADE_ROOTLESS"
 PAUSE_PID = "pause.pid"
 NS_KINDS = (("user", 0x10000000), ("mnt", 0x00020000))  # joined in this order: user owns mnt
@@ -80,11 +84,12 @@ def _join(fds: list[tuple[int, int, str]]) -> None:
         os.chdir(cwd)  # joining a mount namespace moves us to its root
 
 
-def id_maps() -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+def id_maps() -> tuple[list[IDMapping], list[IDMapping]]:
     """The rootless namespace's maps: own uid/gid as 0, the subordinate ranges from 1."""
     import pwd
 
     from stockade.engine.idranges import find_range, parse_subid
+    from stockade.spec.runtime import IDMapping
 
     uid, gid = os.geteuid(), os.getegid()
     names: tuple[str, ...] = (str(uid),)
@@ -101,7 +106,7 @@ def id_maps() -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
             raise RootlessError(
                 f"{path}: no subordinate IDs for {names[0]} (ask your admin: usermod --add-subuids/--add-subgids)"
             )
-        maps.append([(0, own, 1), (1, found.start, found.count)])
+        maps.append([IDMapping(0, own, 1), IDMapping(1, found.start, found.count)])
     return maps[0], maps[1]
 
 
@@ -109,6 +114,7 @@ def _start_pause(runroot: Path) -> int:
     """Fork the pause process (double fork: nobody's child), map it, record it."""
     from stockade.kernel.namespaces import CLONE_NEWNS, CLONE_NEWUSER, unshare
     from stockade.kernel.process import detach_stdio, proc_start_time
+    from stockade.runtime.idmap import write_id_maps
 
     uid_maps, gid_maps = id_maps()
     ready_r, ready_w = os.pipe()
@@ -144,8 +150,8 @@ def _start_pause(runroot: Path) -> int:
             raise RootlessError("the rootless namespace could not be made (unshare failed: are user namespaces off?)")
         pid = int(data)
         try:
-            _map(pid, uid_maps, gid_maps)
-        except RootlessError:
+            write_id_maps(pid, uid_maps, gid_maps)  # (newuidmap/newgidmap: not our own uid alone)
+        except StockadeError:
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
             raise
@@ -159,46 +165,16 @@ def _start_pause(runroot: Path) -> int:
     return pid
 
 
-def _map(pid: int, uid_maps: list[tuple[int, int, int]], gid_maps: list[tuple[int, int, int]]) -> None:
-    import shutil
-    import subprocess
-
-    for helper, maps in (("newuidmap", uid_maps), ("newgidmap", gid_maps)):
-        path = shutil.which(helper)
-        if path is None:
-            raise RootlessError(f"{helper} not found: install Debian's uidmap package to run containers rootless")
-        args = [path, str(pid), *(str(n) for m in maps for n in m)]
-        proc = subprocess.run(args, capture_output=True, text=True)
-        if proc.returncode != 0:
-            detail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-            raise RootlessError(f"{helper} {' '.join(args[2:])}: {detail[0]}")
-
-
-def stop(runroot: Path) -> None:
-    """Kill the pause process (tests; containers still running keep the namespaces alive)."""
-    pid = _running_pause(runroot)
-    if pid:
-        with contextlib.suppress(OSError):
-            os.kill(pid, 9)
-    with contextlib.suppress(OSError):
-        (runroot / PAUSE_PID).unlink()
-
-
 def container_id_map_size() -> int:
     """IDs the rootless namespace maps (1 + the subordinate range): what containers can use."""
-    total = 0
-    with open("/proc/self/uid_map") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) == 3:
-                total += int(fields[2])
-    return total
+    from stockade.kernel.namespaces import own_id_map
+
+    return sum(count for _inside, _outside, count in own_id_map())
 
 
 def host_ids() -> tuple[int, int]:
     """The user's own uid and gid on the host (rootless namespace ID 0), from our maps."""
-    found = []
-    for name in ("uid_map", "gid_map"):
-        with open(f"/proc/self/{name}") as f:
-            found.append(next(int(fields[1]) for fields in map(str.split, f) if fields and fields[0] == "0"))
-    return found[0], found[1]
+    from stockade.kernel.namespaces import own_id_map
+
+    uid, gid = (next(outside for inside, outside, _n in own_id_map(kind) if inside == 0) for kind in ("uid", "gid"))
+    return uid, gid

@@ -94,11 +94,16 @@ def user_namespace_fd(write_maps: Callable[[int], None]) -> int:
         os.waitpid(pid, 0)
 
 
+def own_id_map(kind: str = "uid") -> list[tuple[int, int, int]]:
+    """This process's /proc/self/uid_map (or gid_map): (inside, outside, count) lines."""
+    with open(f"/proc/self/{kind}_map") as f:
+        return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in f if line.strip())]
+
+
 def in_initial_user_namespace() -> bool:
     """Whether this process sees the whole ID space: the initial user namespace's uid_map."""
     try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
+        return own_id_map() == [(0, 0, 4294967295)]
     except OSError:
         return True  # no /proc: nothing suggests a user namespace
 

@@ -76,14 +76,21 @@ def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[st
     ipr = _iproute()
     try:
         ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-        index = interface_index(name)
-        ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
-        if v6 is not None:
-            write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "0")
-            ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
+        index = _address(ipr, name, (gateway, prefixlen), v6)
         ipr.link("set", index=index, state="up")
     finally:
         ipr.close()
+
+
+def _address(ipr: Any, ifname: str, v4: tuple[str, int], v6: tuple[Any, ...] | None) -> int:
+    """The interface's IPv4 address and, with `v6` (address, prefix length), its IPv6 one;
+    returns its index (in the current network namespace)."""
+    index = interface_index(ifname)
+    ipr.addr("add", index=index, address=v4[0], prefixlen=v4[1])
+    if v6 is not None:
+        write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "0")
+        ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
+    return index
 
 
 def delete_link(name: str) -> None:
@@ -139,11 +146,7 @@ def _configure_inside(
     with in_netns(netns):
         inside = _iproute()
         try:
-            index = interface_index(ctr_if)
-            inside.addr("add", index=index, address=address, prefixlen=prefixlen)
-            if v6 is not None:
-                write_sysctl(f"net.ipv6.conf.{ctr_if}.disable_ipv6", "0")
-                inside.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
+            index = _address(inside, ctr_if, (address, prefixlen), v6[:2] if v6 is not None else None)
             inside.link("set", index=index, state="up")
             if gateway:
                 inside.route("add", dst="0.0.0.0/0", gateway=gateway)
