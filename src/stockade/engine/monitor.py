@@ -59,6 +59,14 @@ def exit_code_for_start_error(message: str) -> int:
     return 128
 
 
+class StartFailed(Exception):
+    """The container could not be started: what to tell its clients, and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 def _proxy_master(proxy: Any) -> int:
     proxy.receive_master()
     return int(proxy.master)
@@ -151,6 +159,79 @@ class Monitor:
     # -- one run of the container --------------------------------------------------------------
     def _run_once(self) -> tuple[int | None, bool]:
         ctr = self.ctr
+        self._open_mediator()  # before create: the runtime connects to it then
+        try:
+            started = self._set_up_in_child()
+        except StartFailed as exc:
+            self._close_mediator()
+            ctr.state.update(
+                Status="exited", ExitCode=exc.code, Error=exc.message, FinishedAt=now_rfc3339(), Pid=0
+            )  # fmt: skip
+            ctr.save_state()
+            for client in self.clients:
+                client.send(stream.frame(stream.ERROR, exc.message.encode()))
+            return None, False
+        ctr.state.update(
+            Status="running", Pid=started.pid, StartTime=started.start_time, StartedAt=now_rfc3339(),
+            CgroupPaths=started.cgroup_paths, FinishedAt="", ExitCode=0, OOMKilled=False, Error="",
+        )  # fmt: skip
+        ctr.save_state()
+        message = stream.json_frame(stream.STARTED, {"pid": started.pid})
+        for client in self.clients:
+            client.send(message)
+        code = self._serve_until_exit(started)
+        oom = self._destroy(started)
+        self._release_network(exited=True)
+        self._close_mediator()
+        self._unmount()
+        ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
+        ctr.save_state()
+        return code, oom
+
+    # -- set-up, in a child process -------------------------------------------------------------
+    def _set_up_in_child(self) -> Any:
+        """Mount, reserve ports, create and start the container in a child that exits when done.
+
+        Why a child: that work runs through much of the interpreter (runtime, image, network
+        code); every page it writes would stay this monitor's own copy (copy-on-write from the
+        host) for the container's whole life, ~6 MB per idle container. The child is a subreaper
+        while it creates (the runtime's rule), so the init is its child until it exits; then the
+        kernel hands the init to us, the nearest subreaper, and we wait for it as before. What
+        we keep of the work comes back over a socket pair: the descriptors (stdio pipes or the
+        pty master, held port sockets) and a JSON summary (engine.oci.Started, mounts, state)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                ours.close()
+                self._set_up_and_report(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(ours, 1 << 16, 64)
+        except OSError:
+            message, fds = b"", []
+        finally:
+            ours.close()
+            os.waitpid(pid, 0)  # once it is gone, the init is our child
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            self._runtime_delete()
+            self._release_network()
+            raise StartFailed("monitor: the set-up process died", 128)
+        report = json.loads(message)
+        if "error" in report:
+            raise StartFailed(report["error"], int(report["code"]))
+        self._take_report(report, fds)
+        from stockade.engine.oci import Started
+
+        return Started(self.ctr.id, report["pid"], report["start_time"], report["cgroup_paths"])
+
+    def _set_up_and_report(self, channel: socket.socket) -> None:
+        """The child's half: the set-up, then one message with what the monitor keeps."""
+        ctr = self.ctr
         try:
             self._mount()
             ports = self._reserve_ports()
@@ -161,29 +242,42 @@ class Monitor:
             # failure, not the command's: 125, as docker's.
             code = 125 if type(exc).__name__ == "NetworkError" else exit_code_for_start_error(message)
             self._release_network()
-            self._close_mediator()
             self._unmount()
-            ctr.state.update(Status="exited", ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
-            ctr.save_state()
-            for client in self.clients:
-                client.send(stream.frame(stream.ERROR, message.encode()))
-            return None, False
-        ctr.state.update(
-            Status="running", Pid=state.pid, StartTime=state.start_time, StartedAt=now_rfc3339(),
-            CgroupPaths=state.cgroup_paths, FinishedAt="", ExitCode=0, OOMKilled=False, Error="",
-        )  # fmt: skip
-        ctr.save_state()
-        started = stream.json_frame(stream.STARTED, {"pid": state.pid})
-        for client in self.clients:
-            client.send(started)
-        code = self._serve_until_exit(state)
-        oom = self._destroy(state)
-        self._release_network(exited=True)
-        self._close_mediator()
-        self._unmount()
-        ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
-        ctr.save_state()
-        return code, oom
+            channel.send(json.dumps({"error": message, "code": code}).encode())
+            return
+        kept: list[tuple[str, int]] = [(name, fd) for fd, name in self.outputs.items() if fd != self.master]
+        if self.master is not None:
+            kept.append(("master", self.master))
+        elif self.stdin_fd is not None:
+            kept.append(("stdin", self.stdin_fd))
+        kept += [("port", s.fileno()) for s in self.port_sockets]
+        report = {
+            "pid": state.pid, "start_time": state.start_time, "cgroup_paths": state.cgroup_paths,
+            "mounted": self.mounted, "roles": [role for role, _ in kept],
+            "state": {k: ctr.state[k] for k in ("Driver", "IDMapping") if k in ctr.state},
+        }  # fmt: skip
+        socket.send_fds(channel, [json.dumps(report).encode()], [fd for _, fd in kept])
+
+    def _take_report(self, report: dict[str, Any], fds: list[int]) -> None:
+        """The descriptors and facts the set-up child handed over, as if made here."""
+        self.mounted = list(report["mounted"])
+        self.ctr.state.update(report["state"])
+        for role, fd in zip(report["roles"], fds, strict=True):
+            if role == "master":
+                self.master = self.stdin_fd = fd
+                self.outputs[fd] = "stdout"
+                self.ctr.state.pop("ConsoleSize", None)  # (the child applied it)
+            elif role == "stdin":
+                self.stdin_fd = fd
+            elif role == "port":
+                self.port_sockets.append(socket.socket(fileno=fd))
+            else:
+                self.outputs[fd] = role
+        runtime = self.ctr.record["HostConfig"].get("Runtime") or "stockade"
+        if runtime != "stockade":
+            from stockade.engine.oci import External, resolve
+
+            self.external = External(resolve(runtime), self.runroot)
 
     def _mount(self) -> None:
         from stockade.engine.create import store_of
@@ -258,7 +352,6 @@ class Monitor:
             from stockade.engine.oci import External, resolve
 
             self.external = External(resolve(runtime), self.runroot)
-        self._open_mediator()  # before create: the runtime connects to it then
         state, config, console = self._create()
         if console is not None:
             self.master = console.receive_master() if self.external is not None else _proxy_master(console)
@@ -361,12 +454,13 @@ class Monitor:
                 os.close(self.stdin_fd)
         self.outputs, self.stdin_fd, self.master = {}, None, None
 
-    def _destroy(self, state: Any) -> bool:
+    def _destroy(self, started: Any) -> bool:
         """OOM kills are read before the runtime removes the cgroup, or they are lost."""
         from stockade.runtime.container import cgroup_manager, destroy
+        from stockade.runtime.state import State
 
         oom = False
-        manager = cgroup_manager(state)
+        manager = cgroup_manager(started)
         if manager is not None:
             with contextlib.suppress(OSError, StockadeError):
                 oom = manager.oom_kills() > 0
@@ -374,7 +468,7 @@ class Monitor:
             self.external.delete(self.ctr.id)
             return oom
         with contextlib.suppress(StockadeError, OSError):
-            destroy(state)
+            destroy(State.load(self.runtime_root, self.ctr.id))
         return oom
 
     # -- the event loop ------------------------------------------------------------------------

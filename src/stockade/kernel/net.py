@@ -134,7 +134,7 @@ def ipv6_routes() -> list[tuple[str, str, int]]:
 
 def interface_index(name: str) -> int:
     """An interface's index in the current network namespace (one ioctl; a netlink dump of
-    every link, as pyroute2's link_lookup does, costs ~1 ms)."""
+    every link costs ~1 ms)."""
     import socket as _socket
 
     return _socket.if_nametoindex(name)

@@ -1,5 +1,5 @@
-"""Bridges, veth pairs, addresses and routes through netlink (pyroute2), in the host's network
-namespace or, by setns for the calling thread, in a container's."""
+"""Bridges, veth pairs, addresses and routes through rtnetlink (kernel/rtnetlink.py), in the
+host's network namespace or, by setns for the calling thread, in a container's."""
 
 from __future__ import annotations
 
@@ -10,27 +10,18 @@ from typing import Any
 
 from stockade.kernel import namespaces as kns
 from stockade.kernel.net import interface_index, write_sysctl
-
-
-def _iproute() -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute()
+from stockade.kernel.rtnetlink import IFA_F_NODAD, Netlink
 
 
 @contextlib.contextmanager
 def _netlink(what: str) -> Iterator[None]:
-    """pyroute2's errors (NetlinkError is not an OSError) as our one-line NetworkError."""
+    """A refused request as our one-line NetworkError, naming what was being done."""
     from stockade.network.config import NetworkError
 
     try:
         yield
-    except NetworkError:
-        raise
-    except Exception as exc:
-        code = getattr(exc, "code", None)
-        reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
-        raise NetworkError(f"{what}: {reason}") from None
+    except OSError as exc:
+        raise NetworkError(f"{what}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -67,42 +58,39 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[s
     return True
 
 
-# An address without duplicate address detection: usable at once (the network's IPAM already
-# guarantees it is unique), where DAD would keep it "tentative" for a second or more.
-IFA_F_NODAD = 0x02
-
-
 def _make_bridge(name: str, gateway: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None) -> None:
-    ipr = _iproute()
-    try:
-        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-        index = _address(ipr, name, (gateway, prefixlen), v6)
-        ipr.link("set", index=index, state="up")
-    finally:
-        ipr.close()
+    with Netlink() as nl:
+        nl.add_bridge(name, mtu)
+        index = _address(nl, name, (gateway, prefixlen), v6)
+        nl.set_up(index)
 
 
-def _address(ipr: Any, ifname: str, v4: tuple[str, int], v6: tuple[Any, ...] | None) -> int:
+def _address(nl: Netlink, ifname: str, v4: tuple[str, int], v6: tuple[Any, ...] | None) -> int:
     """The interface's IPv4 address and, with `v6` (address, prefix length), its IPv6 one;
-    returns its index (in the current network namespace)."""
+    returns its index (in the current network namespace). The IPv6 address skips duplicate
+    address detection: the network's IPAM already made it unique, and DAD would keep it
+    "tentative" (unusable) for a second or more."""
     index = interface_index(ifname)
-    ipr.addr("add", index=index, address=v4[0], prefixlen=v4[1])
+    nl.add_address(index, v4[0], v4[1])
     if v6 is not None:
         write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "0")
-        ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
+        nl.add_address(index, v6[0], v6[1], flags=IFA_F_NODAD)
     return index
+
+
+def _index_or_none(name: str) -> int | None:
+    try:
+        return interface_index(name)
+    except OSError:
+        return None
 
 
 def delete_link(name: str) -> None:
     """Remove an interface if it exists (a veth's peer goes with it)."""
-    ipr = _iproute()
-    try:
-        found = ipr.link_lookup(ifname=name)
-        if found:
-            with contextlib.suppress(Exception):
-                ipr.link("del", index=found[0])
-    finally:
-        ipr.close()
+    index = _index_or_none(name)
+    if index is not None:
+        with contextlib.suppress(OSError), Netlink() as nl:
+            nl.delete_link(index)
 
 
 def add_veth(
@@ -126,43 +114,33 @@ def add_veth(
 
 
 def _pair(bridge: str, host_if: str, netns: str, peer: dict[str, Any]) -> None:
-    ipr = _iproute()
+    bridge_index = interface_index(bridge)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        bridge_index = interface_index(bridge)
-        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ipr.link("add", ifname=host_if, kind="veth", mtu=peer["mtu"], master=bridge_index,
-                     peer={**peer, "net_ns_fd": fd})  # fmt: skip
-        finally:
-            os.close(fd)
-        ipr.link("set", index=interface_index(host_if), state="up")
+        with Netlink() as nl:
+            mac = bytes.fromhex(peer["address"].replace(":", ""))
+            nl.add_veth(host_if, peer["mtu"], bridge_index, peer["ifname"], mac, fd)
+            nl.set_up(interface_index(host_if))
     finally:
-        ipr.close()
+        os.close(fd)
 
 
 def _configure_inside(
     netns: str, ctr_if: str, address: str, prefixlen: int, gateway: str | None, v6: tuple[str, int, str | None] | None
 ) -> None:
-    with in_netns(netns):
-        inside = _iproute()
-        try:
-            index = _address(inside, ctr_if, (address, prefixlen), v6[:2] if v6 is not None else None)
-            inside.link("set", index=index, state="up")
-            if gateway:
-                inside.route("add", dst="0.0.0.0/0", gateway=gateway)
-            if v6 is not None and v6[2]:
-                inside.route("add", dst="::/0", gateway=v6[2], family=10)  # AF_INET6
-        finally:
-            inside.close()
+    with in_netns(netns), Netlink() as inside:
+        index = _address(inside, ctr_if, (address, prefixlen), v6[:2] if v6 is not None else None)
+        inside.set_up(index)
+        if gateway:
+            inside.add_default_route(gateway)
+        if v6 is not None and v6[2]:
+            inside.add_default_route(v6[2])
 
 
 def remove_veth_inside(netns: str, ctr_if: str) -> None:
     """Disconnect from a running container: deleting its end removes the pair."""
     with in_netns(netns):
-        inside = _iproute()
-        try:
-            found = inside.link_lookup(ifname=ctr_if)
-            if found:
-                inside.link("del", index=found[0])
-        finally:
-            inside.close()
+        index = _index_or_none(ctr_if)
+        if index is not None:
+            with Netlink() as inside:
+                inside.delete_link(index)
