@@ -10,6 +10,7 @@ the source tree (the test venv may live where that user can't read)."""
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -312,6 +313,11 @@ def test_keep_id_runs_as_the_user_with_the_images_root_intact(user: User) -> Non
     assert (work / "mine").read_text() == "hello\nmore\n" and (work / "mine").stat().st_uid == user.uid
     as_root = user("run", "--rm", "--network", "none", "--userns", "keep-id", "-u", "0", "busybox", "id", "-u")
     assert as_root.stdout.strip() == "0"
+    # Known by name, as podman adds it (the image's own entries are kept); HOME is the user's.
+    named = user("run", "--rm", "--network", "none", "--userns", "keep-id", "busybox", "sh", "-c",
+                 "id -un; id -gn; echo $HOME; grep -c '^root:' /etc/passwd")  # fmt: skip
+    home = pwd.getpwuid(user.uid).pw_dir
+    assert named.stdout.split() == [USER, grp.getgrgid(user.gid).gr_name, home, "1"], named.stdout + named.stderr
 
 
 def test_keep_id_is_refused_for_root(tmp_path: Path) -> None:

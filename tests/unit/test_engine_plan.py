@@ -59,3 +59,13 @@ def test_container_config_is_secure_and_isolated() -> None:
     load_config(cfg, "/bundle")  # what the runtime accepts
     with pytest.raises(PlanError, match="not an absolute path"):
         container_config(img, RunOptions(workdir="rel"), IDMap(1, 1, 1), {}, PASSWD, GROUP)  # type: ignore[arg-type]
+
+
+def test_with_user_adds_the_user_and_group_once() -> None:
+    from stockade.engine.plan import with_user
+
+    passwd, group = with_user("root:x:0:0:root:/root:/bin/sh\n", "root:x:0:\n", "alice", 1000, 1000, "/home/alice")
+    assert passwd.splitlines() == ["root:x:0:0:root:/root:/bin/sh", "alice:*:1000:1000:alice:/home/alice:/bin/sh"]
+    assert group.splitlines() == ["root:x:0:", "alice:x:1000:"]
+    assert with_user(passwd, group, "bob", 1000, 1000, "/home/bob") == (passwd, group)  # the image's wins
+    assert with_user("", "", "alice", 5, 6, "/") == ("alice:*:5:6:alice:/:/bin/sh\n", "alice:x:6:\n")

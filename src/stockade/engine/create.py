@@ -244,15 +244,12 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
         ctr.record["IDMap"] = idmap.record()
     _security(config, req)
     _intercept(root, ctr, config, req)
-    if req.userns == "keep-id" and not req.run.user:  # the user, as itself (podman's keep-id)
-        from stockade.engine.rootless import host_ids
-
-        uid, gid = host_ids()
-        config["process"]["user"] = {"uid": uid, "gid": gid}
     _resources(config, req)
     config["process"]["rlimits"] = _rlimits(req)
     resolvers = _network(root, ctr, config, req, image)
     _etc_files(ctr, config, idmap, resolvers, req)
+    if req.userns == "keep-id" and not req.run.user:
+        _keep_id_user(ctr, config, idmap, store, image)
     _mounts(root, ctr, config, req, image)
     if req.init:
         config["mounts"].append(
@@ -527,14 +524,45 @@ def _etc_files(
         "resolv.conf": _resolv_conf(resolvers),
     }
     for name, text in files.items():
-        path = ctr.dir / name
-        path.write_text(text)
-        os.chmod(path, 0o644)
-        if idmap is not None:
-            os.chown(path, idmap.uid_start, idmap.gid_start)
-        config["mounts"].append(
-            {"destination": f"/etc/{name}", "type": "bind", "source": str(path), "options": ["bind", "nosuid", "nodev", "noexec"]}
-        )  # fmt: skip
+        _bind_etc_file(ctr, config, idmap, name, text)
+
+
+def _bind_etc_file(ctr: Container, config: dict[str, Any], idmap: IDMap | None, name: str, text: str) -> None:
+    """/etc/`name` in the container: a file of ours (in the container's directory, owned by
+    its root), bind-mounted over the image's."""
+    path = ctr.dir / name
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    if idmap is not None:
+        os.chown(path, idmap.uid_start, idmap.gid_start)
+    config["mounts"].append(
+        {"destination": f"/etc/{name}", "type": "bind", "source": str(path), "options": ["bind", "nosuid", "nodev", "noexec"]}
+    )  # fmt: skip
+
+
+def _keep_id_user(ctr: Container, config: dict[str, Any], idmap: IDMap | None, store: Store, image: Image) -> None:
+    """--userns keep-id: the process is the user itself (its uid and gid), known by name in the
+    container's /etc/passwd and /etc/group (the image's, with it added, as podman does), with
+    HOME its home directory unless the image or -e set another."""
+    import pwd
+
+    from stockade.engine.plan import with_user
+    from stockade.engine.rootless import host_ids
+
+    uid, gid = host_ids()
+    config["process"]["user"] = {"uid": uid, "gid": gid}
+    try:
+        entry = pwd.getpwuid(uid)
+        name, home = entry.pw_name, entry.pw_dir
+    except KeyError:
+        name, home = os.environ.get("USER") or f"user{uid}", "/"
+    passwd, group = (image_file(store, image, f"/etc/{base}") for base in ("passwd", "group"))
+    passwd, group = with_user(passwd, group, name, uid, gid, home)
+    _bind_etc_file(ctr, config, idmap, "passwd", passwd)
+    _bind_etc_file(ctr, config, idmap, "group", group)
+    env = config["process"]["env"]
+    if "HOME=/root" in env or not any(e.startswith("HOME=") for e in env):
+        config["process"]["env"] = [e for e in env if not e.startswith("HOME=")] + [f"HOME={home}"]
 
 
 def _resolv_conf(resolvers: list[str]) -> str:

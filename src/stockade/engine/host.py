@@ -181,6 +181,7 @@ def serve(listener: socket.socket) -> None:
 
     global _host_runroot
     _host_runroot = Path(os.getcwd())
+    kproc.set_name("stockade-host")
     signals.set_handler(signals.SIGPIPE, signals.SIG_IGN)
     _warm_up()
     if _cli_handler is not None:
@@ -251,6 +252,7 @@ def _start_zygote(host_listener: socket.socket) -> socket.socket:
 def _zygote(listener: socket.socket, host: socket.socket) -> None:
     from stockade.kernel import signals
 
+    kproc.set_name("stockade-zygote")
     # Its children (monitors) are reaped by the kernel: no zombies, and no double fork (the
     # intermediate's writes would end up as every monitor's own pages).
     signals.set_handler(signals.SIGCHLD, signals.SIG_IGN)

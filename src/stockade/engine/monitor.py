@@ -718,6 +718,7 @@ class Monitor:
 def main(root: Path, runroot: Path, cid: str, first: socket.socket | None) -> None:
     """The monitor's body in a freshly forked process (see engine.host)."""
     os.setsid()
+    kproc.set_name("stockade-mon")
     kproc.set_child_subreaper()
     for sig in (signals.SIGINT, signals.SIGHUP, signals.SIGPIPE):
         signals.set_handler(sig, signals.SIG_IGN)

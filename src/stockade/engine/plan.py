@@ -70,6 +70,20 @@ def merge_env(
     return [f"{k}={v}" for k, v in env.items()]
 
 
+def with_user(passwd: str, group: str, name: str, uid: int, gid: int, home: str) -> tuple[str, str]:
+    """The image's /etc/passwd and /etc/group text with a user `name` (uid, gid, home) and its
+    group added, unless the image already has that uid / gid (as podman's --userns keep-id)."""
+    if not any(len(f) > 2 and f[2] == str(uid) for f in _table(passwd)):
+        passwd = _append_line(passwd, f"{name}:*:{uid}:{gid}:{name}:{home}:/bin/sh")
+    if not any(len(f) > 2 and f[2] == str(gid) for f in _table(group)):
+        group = _append_line(group, f"{name}:x:{gid}:")
+    return passwd, group
+
+
+def _append_line(text: str, line: str) -> str:
+    return (text.rstrip("\n") + "\n" if text.strip() else "") + line + "\n"
+
+
 def _table(text: str) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 

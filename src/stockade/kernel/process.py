@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
@@ -30,6 +31,12 @@ libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ul
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int:
     return check(libc.prctl(option, arg2, arg3, 0, 0), what)
+
+
+def set_name(name: str) -> None:
+    """The calling thread's name as ps, top and pgrep show it (comm; at most 15 bytes)."""
+    with contextlib.suppress(OSError), open("/proc/thread-self/comm", "w") as f:
+        f.write(name[:15])
 
 
 def set_child_subreaper() -> None:
@@ -111,8 +118,6 @@ def proc_start_time(pid: int) -> int | None:
 
 def detach_stdio(keep: int) -> None:
     """A daemon's start: stdio on /dev/null, every other descriptor but `keep` closed."""
-    import contextlib
-
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
