@@ -35,8 +35,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int
 
 def set_name(name: str) -> None:
     """The calling thread's name as ps, top and pgrep show it (comm; at most 15 bytes)."""
-    with contextlib.suppress(OSError), open("/proc/thread-self/comm", "w") as f:
-        f.write(name[:15])
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/thread-self/comm", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, name.encode()[:15])
+        finally:
+            os.close(fd)
 
 
 def set_child_subreaper() -> None:
