@@ -138,14 +138,14 @@ def _connect_or_start(runroot: Path) -> socket.socket:
     return stream.connect(str(path))
 
 
-def _bind(runroot: Path) -> socket.socket:
+def _bind(runroot: Path, name: str = SOCKET) -> socket.socket:
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.chdir(runroot)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(SOCKET)
+            os.unlink(name)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(SOCKET)  # relative, so a long run root fits in sun_path
+        listener.bind(name)  # relative, so a long run root fits in sun_path
         listener.listen(64)
     finally:
         os.fchdir(cwd)
@@ -245,11 +245,7 @@ def _start_zygote(host_listener: socket.socket) -> socket.socket:
     so each monitor forked from it at another moment holds its own copy of all of them; the
     zygote does next to nothing between two forks (~0.7 MB less per idle container, measured).
     It exits when the host does (EOF on the returned socket, which the host keeps)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(ZYGOTE_SOCKET)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(ZYGOTE_SOCKET)  # relative: the host's cwd is its run root
-    listener.listen(64)
+    listener = _bind(_host_runroot, ZYGOTE_SOCKET)
     host_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.fork() == 0:  # pragma: no cover - the zygote
         try:

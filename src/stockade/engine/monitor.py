@@ -67,6 +67,14 @@ class StartFailed(Exception):
         self.message, self.code = message, code
 
 
+def start_failed(exc: StockadeError | OSError) -> StartFailed:
+    message = str(exc) if isinstance(exc, StockadeError) else f"{exc.filename or ''}: {exc.strerror}"
+    # A network that cannot be set up (a port taken, no address left) is stockade's failure,
+    # not the command's: 125, as docker's.
+    code = 125 if type(exc).__name__ == "NetworkError" else exit_code_for_start_error(message)
+    return StartFailed(message, code)
+
+
 def _proxy_master(proxy: Any) -> int:
     proxy.receive_master()
     return int(proxy.master)
@@ -161,6 +169,7 @@ class Monitor:
         ctr = self.ctr
         self._open_mediator()  # before create: the runtime connects to it then
         try:
+            self._choose_runtime()
             started = self._set_up_in_child()
         except StartFailed as exc:
             self._close_mediator()
@@ -237,13 +246,10 @@ class Monitor:
             ports = self._reserve_ports()
             state = self._create_and_start(ports)
         except (StockadeError, OSError) as exc:
-            message = str(exc) if isinstance(exc, StockadeError) else f"{exc.filename or ''}: {exc.strerror}"
-            # A network that cannot be set up (a port taken, no address left) is stockade's
-            # failure, not the command's: 125, as docker's.
-            code = 125 if type(exc).__name__ == "NetworkError" else exit_code_for_start_error(message)
+            failed = start_failed(exc)
             self._release_network()
             self._unmount()
-            channel.send(json.dumps({"error": message, "code": code}).encode())
+            channel.send(json.dumps({"error": failed.message, "code": failed.code}).encode())
             return
         kept: list[tuple[str, int]] = [(name, fd) for fd, name in self.outputs.items() if fd != self.master]
         if self.master is not None:
@@ -273,11 +279,19 @@ class Monitor:
                 self.port_sockets.append(socket.socket(fileno=fd))
             else:
                 self.outputs[fd] = role
-        runtime = self.ctr.record["HostConfig"].get("Runtime") or "stockade"
-        if runtime != "stockade":
-            from stockade.engine.oci import External, resolve
 
+    def _choose_runtime(self) -> None:
+        """Another OCI runtime (--runtime), found once here: the set-up child and this monitor
+        (signals, delete) both drive it."""
+        runtime = self.ctr.record["HostConfig"].get("Runtime") or "stockade"
+        if runtime == "stockade" or self.external is not None:
+            return
+        from stockade.engine.oci import External, resolve
+
+        try:
             self.external = External(resolve(runtime), self.runroot)
+        except (StockadeError, OSError) as exc:
+            raise start_failed(exc) from None
 
     def _mount(self) -> None:
         from stockade.engine.create import store_of
@@ -347,11 +361,6 @@ class Monitor:
         ctr = self.ctr
         if networking.mode(ctr.record).startswith("container:"):
             networking.join_container_netns(ctr, ctr.dir / "config.json")
-        runtime = ctr.record["HostConfig"].get("Runtime") or "stockade"
-        if runtime != "stockade":
-            from stockade.engine.oci import External, resolve
-
-            self.external = External(resolve(runtime), self.runroot)
         state, config, console = self._create()
         if console is not None:
             self.master = console.receive_master() if self.external is not None else _proxy_master(console)
