@@ -141,6 +141,8 @@ def warm_up() -> None:
     import stockade.cli.main
     import stockade.cli.network
     import stockade.engine.execute
+    import stockade.engine.rootless
+    import stockade.spec.profiles
 
     stockade.cli.container.create_parser(run=True)
     stockade.cli.container.create_parser(run=False)

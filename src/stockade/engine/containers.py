@@ -53,10 +53,10 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
     # Compact: json's C encoder (an indent means its pure-Python one, ~4 ms for a config.json
     # with the default seccomp profile).
-    atomic_write(path, json.dumps(data, separators=(",", ":")).encode(), 0o600)
+    atomic_write(path, json.dumps(data, separators=(",", ":")).encode(), 0o600, durable)
 
 
 def read_json(path: Path) -> Any:
@@ -87,6 +87,12 @@ class Container:
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+    @property
+    def durable(self) -> bool:
+        """Whether its files must survive a power cut: not an --rm container's, which are
+        gone when it exits (so they are written without fsync, ~2 ms less per run)."""
+        return not self.record.get("HostConfig", {}).get("AutoRemove")
 
     @property
     def log_path(self) -> Path:
@@ -120,10 +126,10 @@ class Container:
         return self.status() in ("running", "paused", "restarting")
 
     def save_state(self) -> None:
-        write_json(self.dir / STATE, self.state)
+        write_json(self.dir / STATE, self.state, self.durable)
 
     def save_record(self) -> None:
-        write_json(self.dir / RECORD, self.record)
+        write_json(self.dir / RECORD, self.record, self.durable)
 
     def reload(self) -> Container:
         with contextlib.suppress(FileNotFoundError, ValueError):

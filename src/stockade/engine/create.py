@@ -123,7 +123,7 @@ def create(root: Path, req: CreateRequest) -> Container:
         cdir = containers.dir / cid
         cdir.mkdir(mode=0o711)
         record = _record(cid, name, image, image_name, req)
-        write_json(cdir / "container.json", record)
+        write_json(cdir / "container.json", record, not req.auto_remove)
     try:
         _make_bundle(root, store, image, Container(cdir, record, {}), req)
     except BaseException:
@@ -258,7 +258,7 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
         config["process"]["args"] = [INIT_PATH, "--", *config["process"]["args"]]
     config["annotations"] = {**req.annotations, "io.stockade.name": ctr.name}
     (ctr.dir / "rootfs").mkdir(exist_ok=True)
-    write_json(ctr.dir / "config.json", config)
+    write_json(ctr.dir / "config.json", config, ctr.durable)
     ctr.save_record()
 
 

@@ -179,7 +179,8 @@ MONITOR_MODULES = (
     "stockade.engine.networking", "stockade.engine.oci", "stockade.image.rootfs",
     "stockade.network.endpoints", "stockade.network.links", "stockade.network.ports",
     "stockade.runtime.container", "stockade.runtime.create", "stockade.runtime.mediation",
-    "stockade.runtime.security",
+    "stockade.runtime.security", "stockade.engine.volumes", "stockade.kernel.seccomp",
+    "stockade.runtime.cgroups.v1", "stockade.runtime.cgroups.v2", "stockade.runtime.cgroups.devices",
 )  # fmt: skip
 
 

@@ -242,7 +242,6 @@ class Monitor:
         """The child's half: the set-up, then one message with what the monitor keeps."""
         ctr = self.ctr
         try:
-            self._mount()
             ports = self._reserve_ports()
             state = self._create_and_start(ports)
         except (StockadeError, OSError) as exc:
@@ -293,7 +292,20 @@ class Monitor:
         except (StockadeError, OSError) as exc:
             raise start_failed(exc) from None
 
-    def _mount(self) -> None:
+    def _mount(self, in_userns_of: int | None = None) -> None:
+        """The rootfs and volumes, idmapped into the container's IDs: through the user
+        namespace of the process `in_userns_of` (the container's, made by the runtime), or
+        through one made for the purpose (another OCI runtime makes its own later)."""
+        userns = None
+        if in_userns_of is not None and self.ctr.record.get("IDMap"):
+            userns = os.open(f"/proc/{in_userns_of}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._mount_through(userns)
+        finally:
+            if userns is not None:
+                os.close(userns)
+
+    def _mount_through(self, userns: int | None) -> None:
         from stockade.engine.create import store_of
         from stockade.engine.idranges import record_maps
         from stockade.engine.volumes import Volumes
@@ -304,7 +316,7 @@ class Monitor:
         image = store.image(ctr.record["ImageManifest"])
         idmap = ctr.record.get("IDMap")
         maps = record_maps(ctr.record)
-        rootfs = prepare(store, image, ctr.dir, *maps)
+        rootfs = prepare(store, image, ctr.dir, *maps, volatile=not ctr.durable, userns=userns)
         self.mounted.append(str(rootfs.target))
         ctr.state["Driver"], ctr.state["IDMapping"] = rootfs.driver, rootfs.idmap
         volumes = Volumes(self.root)
@@ -318,7 +330,7 @@ class Monitor:
                 volumes.seed(vol.name, rootfs.target / m["Target"].lstrip("/"), 0, 0)
             point = ctr.dir / "volumes" / str(i)
             point.mkdir(parents=True, exist_ok=True)
-            attach_idmapped(vol.data, point, *maps)
+            attach_idmapped(vol.data, point, *maps, userns=userns)
             self.mounted.append(str(point))
 
     def _unmount(self) -> None:
@@ -403,11 +415,13 @@ class Monitor:
                 from stockade.engine.oci import ConsoleListener
 
                 console = ConsoleListener(ctr.dir) if tty else None
+                self._mount()
                 return self.external.create(ctr.id, ctr.dir, console.path if console else None), None, console
             from stockade.runtime.container import _create, delete
             from stockade.runtime.create import CreateOptions
 
             opts = CreateOptions()
+            opts.before_namespaces = self._mount  # (in the container's user namespace: see there)
             if tty:
                 from stockade.runtime.console import ConsoleProxy
 

@@ -69,12 +69,15 @@ def unpack_layer(store: Store, layer: Descriptor, diff_id: str) -> Path:
 
 def unpack_all(store: Store, layers: list[Descriptor], diff_ids: list[str], jobs: int = 2) -> list[Path]:
     """Unpack every layer of an image (in parallel: decompression and hashing release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if len(layers) != len(diff_ids):
         raise DigestMismatch(f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids")
+    done = [layer_dir(store, d) / "diff" for d in diff_ids]
+    if all(os.path.exists(d.parent / "meta.json") for d in done):
+        return done  # the common case, at every container start: no threads (nor their import)
     if len(layers) <= 1 or jobs <= 1:
         return [unpack_layer(store, layer, d) for layer, d in zip(layers, diff_ids, strict=True)]
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(lambda pair: unpack_layer(store, *pair), zip(layers, diff_ids, strict=True)))
 

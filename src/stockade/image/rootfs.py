@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,16 @@ def prepare(
     uid_maps: list[IDMapping] | None = None,
     gid_maps: list[IDMapping] | None = None,
     driver: str = "auto",
+    volatile: bool = False,
+    userns: int | None = None,
 ) -> Rootfs:
     """Mount (or copy) `image` as <container_dir>/rootfs with its changes in <container_dir>/upper.
 
     With ID maps, files appear owned by the host IDs the maps give the image's IDs, which is
-    what a container in that user namespace sees as its own root and users.
+    what a container in that user namespace sees as its own root and users. `volatile`: no
+    syncs of the changes at all (overlayfs' option: for an --rm container, whose changes go
+    with it; its unmount then skips a sync of the host filesystem too). `userns`: a user
+    namespace with these maps (the container's own), instead of one made here for the mount.
     """
     if driver not in DRIVERS:
         raise RootfsError(f'unknown storage driver "{driver}" (want one of {", ".join(DRIVERS)})')
@@ -75,18 +81,18 @@ def prepare(
     if maps[0]:
         os.chown(upper, shift_id(0, maps[0]), shift_id(0, maps[1]))
     if not maps[0]:
-        _mount_overlay([str(p) for p in lowers], upper, work, target)
+        _mount_overlay([str(p) for p in lowers], upper, work, target, volatile)
         return Rootfs(target, "overlay", "none", upper, lowers)
     if driver in ("auto", "overlay"):
         try:
-            _mount_idmapped_overlay(lowers, upper, work, target, *maps)
+            _mount_idmapped_overlay(lowers, upper, work, target, *maps, volatile=volatile, userns=userns)
             return Rootfs(target, "overlay", "idmapped-mount", upper, lowers)
         except OSError as exc:
             if driver == "overlay":
                 raise RootfsError(f"idmapped overlay on {target}: {exc.strerror}") from None
     diff_ids = list(reversed(image.config.diff_ids))
     copies = [mapped_copy(store, d, *maps) for d in diff_ids] if diff_ids else lowers
-    _mount_overlay([str(p) for p in copies], upper, work, target)
+    _mount_overlay([str(p) for p in copies], upper, work, target, volatile)
     return Rootfs(target, "overlay", "chown-copy", upper, copies)
 
 
@@ -100,7 +106,11 @@ def release(rootfs_target: Path) -> None:
         mounts.umount2(str(rootfs_target), mounts.MNT_DETACH)
 
 
-def _overlay_context(upper: Path, work: Path) -> int:
+def _overlay_context(upper: Path, work: Path, volatile: bool) -> int:
+    # A volatile mount leaves a mark in its work dir that makes overlayfs refuse the next
+    # mount (after a machine crash its upper dir may be incomplete). Only --rm containers
+    # mount volatile, and their changes were never meant to last: the mark goes.
+    shutil.rmtree(work / "work" / "incompat", ignore_errors=True)
     fs_fd = mounts.fsopen("overlay")
     try:
         mounts.fsconfig_string(fs_fd, "upperdir", str(upper))
@@ -109,6 +119,8 @@ def _overlay_context(upper: Path, work: Path) -> int:
         mounts.fsconfig_string(fs_fd, "index", "off")
         if not namespaces.host_root():  # rootless: trusted.* xattrs are out of reach
             mounts.fsconfig_flag(fs_fd, "userxattr")
+        if volatile:
+            mounts.fsconfig_flag(fs_fd, "volatile")
     except OSError:
         os.close(fs_fd)
         raise
@@ -128,8 +140,8 @@ def _finish_overlay(fs_fd: int, target: Path) -> None:
         os.close(mnt_fd)
 
 
-def _mount_overlay(lowers: list[str], upper: Path, work: Path, target: Path) -> None:
-    fs_fd = _overlay_context(upper, work)
+def _mount_overlay(lowers: list[str], upper: Path, work: Path, target: Path, volatile: bool = False) -> None:
+    fs_fd = _overlay_context(upper, work, volatile)
     try:
         for lower in lowers or [str(_empty_lower(upper))]:
             mounts.fsconfig_string(fs_fd, "lowerdir+", lower)
@@ -145,36 +157,56 @@ def _empty_lower(upper: Path) -> Path:
 
 
 def _mount_idmapped_overlay(
-    lowers: list[Path], upper: Path, work: Path, target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]
+    lowers: list[Path],
+    upper: Path,
+    work: Path,
+    target: Path,
+    uid_maps: list[IDMapping],
+    gid_maps: list[IDMapping],
+    volatile: bool = False,
+    userns: int | None = None,
 ) -> None:
-    userns = namespaces.user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
     trees: list[int] = []
-    fs_fd = _overlay_context(upper, work)
+    with _namespace_of(uid_maps, gid_maps, userns) as ns:
+        fs_fd = _overlay_context(upper, work, volatile)
+        try:
+            for lower in lowers or [_empty_lower(upper)]:
+                tree = mounts.open_tree(-100, str(lower), mounts.OPEN_TREE_CLONE | mounts.OPEN_TREE_CLOEXEC)
+                trees.append(tree)
+                mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=ns)
+                mounts.fsconfig_fd(fs_fd, "lowerdir+", tree)
+            _finish_overlay(fs_fd, target)
+        finally:
+            os.close(fs_fd)
+            for tree in trees:
+                os.close(tree)
+
+
+@contextlib.contextmanager
+def _namespace_of(uid_maps: list[IDMapping], gid_maps: list[IDMapping], userns: int | None) -> Iterator[int]:
+    """`userns` if given (it has these maps), else a user namespace of these maps made for
+    the mount and closed after it."""
+    if userns is not None:
+        yield userns
+        return
+    made = namespaces.user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
     try:
-        for lower in lowers or [_empty_lower(upper)]:
-            tree = mounts.open_tree(-100, str(lower), mounts.OPEN_TREE_CLONE | mounts.OPEN_TREE_CLOEXEC)
-            trees.append(tree)
-            mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=userns)
-            mounts.fsconfig_fd(fs_fd, "lowerdir+", tree)
-        _finish_overlay(fs_fd, target)
+        yield made
     finally:
-        os.close(fs_fd)
-        for tree in trees:
-            os.close(tree)
-        os.close(userns)
+        os.close(made)
 
 
-def attach_idmapped(source: Path, target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
+def attach_idmapped(
+    source: Path, target: Path, uid_maps: list[IDMapping], gid_maps: list[IDMapping], userns: int | None = None
+) -> None:
     """Bind `source` on `target`, its files seen through the ID maps (a plain bind without maps):
-    a volume stored with container IDs then shows them as this container's host IDs."""
+    a volume stored with container IDs then shows them as this container's host IDs. `userns`:
+    as for prepare()."""
     tree = mounts.open_tree(-100, str(source), mounts.OPEN_TREE_CLONE | mounts.OPEN_TREE_CLOEXEC)
     try:
         if uid_maps:
-            userns = namespaces.user_namespace_fd(lambda pid: write_id_maps(pid, uid_maps, gid_maps))
-            try:
-                mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=userns)
-            finally:
-                os.close(userns)
+            with _namespace_of(uid_maps, gid_maps, userns) as ns:
+                mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, mounts.MOUNT_ATTR_IDMAP, userns_fd=ns)
         mounts.move_mount(tree, "", -100, str(target), mounts.MOVE_MOUNT_F_EMPTY_PATH)
     finally:
         os.close(tree)

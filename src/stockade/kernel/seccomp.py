@@ -4,7 +4,6 @@ seccomp(2) itself for loading a program libseccomp compiled earlier (`export_bpf
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 SCMP_ACT_KILL_PROCESS = 0x80000000
@@ -53,11 +52,17 @@ def lib() -> ctypes.CDLL:
     user namespace may not be able to read the host's library directories)."""
     global _lib
     if _lib is None:
-        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        name = "libseccomp.so.2"  # its soname: no ldconfig run (ctypes.util) when it is there
         try:
             handle = ctypes.CDLL(name, use_errno=True)
-        except OSError as e:
-            raise OSError(0, f"load libseccomp ({name}): {e}; install Debian's libseccomp2") from None
+        except OSError:
+            from ctypes.util import find_library
+
+            name = find_library("seccomp") or name
+            try:
+                handle = ctypes.CDLL(name, use_errno=True)
+            except OSError as e:
+                raise OSError(0, f"load libseccomp ({name}): {e}; install Debian's libseccomp2") from None
         handle.seccomp_init.restype = ctypes.c_void_p
         handle.seccomp_init.argtypes = [ctypes.c_uint32]
         handle.seccomp_release.argtypes = [ctypes.c_void_p]

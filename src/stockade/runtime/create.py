@@ -79,11 +79,20 @@ from stockade.spec.runtime import Config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
 class CreateOptions:
-    __slots__ = ("console_fd", "console_socket", "lsm", "no_new_keyring", "pid_file", "preserve_fds")
+    __slots__ = (
+        "before_namespaces",
+        "console_fd",
+        "console_socket",
+        "lsm",
+        "no_new_keyring",
+        "pid_file",
+        "preserve_fds",
+    )
 
     def __init__(
         self,
@@ -95,6 +104,11 @@ class CreateOptions:
         self.console_socket = console_socket
         self.console_fd: int | None = None  # an already-connected console socket (our own proxy)
         self.lsm: LsmPlan | None = None  # made by the parent, applied by the init before exec
+        # The engine's step once the container's user namespace exists and is mapped (the pid
+        # given is a process in it), before the other namespaces are made: the engine mounts
+        # the rootfs there, idmapped through /proc/PID/ns/user (no user namespace of its own
+        # to make), and in time for the init's mount namespace to copy it.
+        self.before_namespaces: Callable[[int], None] | None = None
         self.pid_file = pid_file
         self.preserve_fds = preserve_fds
         self.no_new_keyring = no_new_keyring
@@ -115,6 +129,10 @@ def create_container(
         os.chmod(state.fifo_path(), 0o622)  # mkfifo's mode went through the umask
         trace("parent: state dir and exec fifo made")
         cgroup = _create_cgroup(state, config, cleanup)
+        if cgroup is not None:
+            from stockade.runtime.cgroups import prime_migration
+
+            prime_migration()  # from here to the init's join: the longer, the less it waits
         trace("parent: cgroup made, limits applied")
         seccomp = prepare_seccomp(config, os.path.join(root, SECCOMP_CACHE))
         cleanup.seccomp = seccomp
@@ -137,7 +155,7 @@ def create_container(
         if console is not None:
             os.close(console)
         cleanup.pids.append(pid)
-        _parent_half(parent, pid, state, config, cgroup, cleanup)
+        _parent_half(parent, pid, state, config, cgroup, cleanup, opts.before_namespaces)
         parent.close()
         cleanup.release()
     except BaseException as e:
@@ -150,12 +168,22 @@ def create_container(
     return state
 
 
-def _parent_half(ch: sync.Channel, pid: int, state: State, config: Config, cgroup: Any, cleanup: _Cleanup) -> None:
+def _parent_half(
+    ch: sync.Channel,
+    pid: int,
+    state: State,
+    config: Config,
+    cgroup: Any,
+    cleanup: _Cleanup,
+    before_namespaces: Callable[[int], None] | None,
+) -> None:
     linux = config.linux
     if linux.new_namespace("user"):
         ch.expect(sync.USERNS_READY)
         write_id_maps(pid, linux.uid_mappings, linux.gid_mappings)
         trace("parent: ID maps written")
+    if before_namespaces is not None:
+        before_namespaces(pid)  # (the intermediate waits for MAPS_WRITTEN to make the rest)
     ch.send(sync.MAPS_WRITTEN)
     init_pid = int(ch.expect(sync.INIT_PID))
     cleanup.pids.append(init_pid)
