@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ def cmd_top(root: Path, argv: list[str]) -> int:
     if not pids:
         return 0
     options = args.ps_args or ["-f"]
+    import subprocess  # (here, not at the top: see engine/host.py MONITOR_MODULES)
+
     result = subprocess.run(["ps", *options, "-p", ",".join(map(str, pids))], capture_output=True, text=True)
     if result.returncode not in (0, 1):
         raise EngineError(f"ps {' '.join(options)}: {result.stderr.strip()}")

@@ -174,6 +174,11 @@ def _fork_host(listener: socket.socket, runroot: Path) -> None:
 
 # What every monitor (and its set-up child) runs, imported once in the host: the forks then
 # share these pages. (Names, not import statements: a linter would drop imports "unused".)
+# None of them, nor the command modules the host imports (the CLI's warm_up), may import
+# threading (subprocess does), random (secrets, tempfile do) or logging at the top: their
+# at-fork hooks would run in every monitor the zygote forks, each then ~0.25 MB more of its own
+# pages (threading's, measured). tests/unit/test_host_imports.py checks it. (A host forked from
+# a command that imported one of them itself, a pull say, still carries its hook.)
 MONITOR_MODULES = (
     "stockade.engine.create", "stockade.engine.lifecycle", "stockade.engine.monitor",
     "stockade.engine.networking", "stockade.engine.oci", "stockade.image.rootfs",

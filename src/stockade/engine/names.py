@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Container
 
 from stockade.errors import StockadeError
@@ -371,6 +370,8 @@ def check_name(name: str) -> str:
 
 def generate(taken: Container[str]) -> str:
     """adjective_surname, with a digit appended (as Docker does on a retry) when taken."""
+    import secrets  # (here, not at the top: see host.MONITOR_MODULES)
+
     for attempt in range(100):
         name = f"{secrets.choice(ADJECTIVES)}_{secrets.choice(SURNAMES)}"
         if attempt:

@@ -10,11 +10,15 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stockade.engine.containers import EngineError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
 
 
 def resolve(name: str) -> str:
@@ -54,7 +58,7 @@ class External:
         if console_socket:
             args += ["--console-socket", console_socket]
         self.delete(cid)  # a leftover from a killed monitor
-        done = subprocess.run(self._cmd(*args, cid, log=log), stdin=0, stdout=1, stderr=2, check=False)
+        done = _run(self._cmd(*args, cid, log=log), stdin=0, stdout=1, stderr=2)
         if done.returncode != 0:
             raise EngineError(
                 f"{Path(self.binary).name} create: {_last_error(log) or f'exit status {done.returncode}'}"
@@ -63,14 +67,14 @@ class External:
         return Started(cid, pid, proc_start_time(pid) or 0, _cgroup_paths(pid))
 
     def start(self, cid: str) -> None:
-        done = subprocess.run(self._cmd("start", cid), capture_output=True, text=True, check=False)
+        done = _run(self._cmd("start", cid), capture_output=True, text=True)
         if done.returncode != 0:
             raise EngineError(
                 f"{Path(self.binary).name} start: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
             )
 
     def delete(self, cid: str) -> None:
-        subprocess.run(self._cmd("delete", "--force", cid), capture_output=True, check=False)
+        _run(self._cmd("delete", "--force", cid), capture_output=True)
 
     def exec(self, cid: str, process: dict[str, object], detach: bool) -> int:
         """`exec --process`, the process's stdio being ours (the command's); with a terminal the
@@ -83,7 +87,13 @@ class External:
             spec.write_text(json.dumps(process))
             args = ["exec", "--process", str(spec), *(["--detach"] if detach else [])]
             args += ["--tty"] if process.get("terminal") else []
-            return subprocess.run(self._cmd(*args, cid), check=False).returncode
+            return _run(self._cmd(*args, cid)).returncode
+
+
+def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    import subprocess  # (here, not at the top: see host.MONITOR_MODULES)
+
+    return subprocess.run(cmd, check=False, **kwargs)
 
 
 def _last_error(log: Path) -> str:

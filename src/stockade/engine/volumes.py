@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +140,8 @@ class Volumes:
         if vol.meta.get("Seeded"):
             return
         if source.is_dir() and not source.is_symlink() and not any(vol.data.iterdir()):
+            import subprocess  # (here, not at the top: see host.MONITOR_MODULES)
+
             subprocess.run(["cp", "-a", "--", f"{source}/.", str(vol.data)], check=True, capture_output=True)
             if uid_start or gid_start:
                 _unshift(vol.data, uid_start, gid_start)

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 from stockade.image.store import DigestMismatch, Store, atomic_write, file_lock
@@ -129,6 +128,8 @@ def mapped_copy(store: Store, diff_id: str, uid_maps: list[IDMapping], gid_maps:
         tmp = base / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
+            import subprocess  # (here, not at the top: see host.MONITOR_MODULES)
+
             subprocess.run(
                 ["cp", "-a", "--reflink=auto", str(base / "diff"), str(tmp)], check=True, capture_output=True
             )

@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import zlib
 from collections import OrderedDict
@@ -119,6 +118,8 @@ def decompressed(raw: IO[bytes], compression: str) -> Any:
     elif compression == "gzip":
         yield GunzipReader(raw)
     elif compression == "zstd":
+        import subprocess  # (here, not at the top: see host.MONITOR_MODULES)
+
         proc = subprocess.Popen(["zstd", "-dcq"], stdin=raw, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None
         try:

@@ -16,7 +16,7 @@ Then the published ports' DNAT entries (to the first network's address). The res
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +99,13 @@ def _join(
     prefix6 = net.subnet6.prefixlen if net.ipv6 else 0
     endpoint: dict[str, Any] = {
         "NetworkID": net.id,
-        "EndpointID": secrets.token_hex(32),
+        "EndpointID": os.urandom(32).hex(),  # (not secrets: see host.MONITOR_MODULES)
         "Gateway": str(net.gateway),
         "IPAddress": str(address),
         "IPPrefixLen": prefix,
         "MacAddress": mac_for(address),
         "Aliases": list(req.aliases),
-        "HostInterface": "veth" + secrets.token_hex(4)[:7],
+        "HostInterface": "veth" + os.urandom(4).hex()[:7],
         "Interface": f"eth{index}",
         "Bridge": net.bridge,
         "Isolated": net.isolated,

@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -221,7 +220,7 @@ class Networks:
             if gateway is None:
                 gateway = subnet.network_address + 1
             opts = dict(options or {})
-            net_id = secrets.token_hex(32)
+            net_id = os.urandom(32).hex()  # (not secrets: see host.MONITOR_MODULES)
             v6: list[dict[str, str]] = []
             if ipv6:
                 subnet6 = subnet6 or choose_subnet6(net_id, taken)
@@ -253,7 +252,7 @@ class Networks:
         config = [{"Subnet": str(subnet), "Gateway": str(gateway)}] if subnet is not None else []
         return {
             "Name": name,
-            "Id": net_id or secrets.token_hex(32),
+            "Id": net_id or os.urandom(32).hex(),
             "Created": _now(),
             "Scope": "local",
             "Driver": driver,

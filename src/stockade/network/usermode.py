@@ -26,8 +26,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +115,9 @@ def stop(doc: dict[str, Any]) -> None:
 
 
 def _run(args: list[str], what: str) -> None:
+    import subprocess  # (here, not at the top: see host.MONITOR_MODULES)
+    import tempfile
+
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=20)
@@ -134,6 +135,8 @@ def _run(args: list[str], what: str) -> None:
 
 
 def _start_pasta(options: list[str], pid: int, ports: list[PortBinding]) -> dict[str, Any]:
+    import tempfile
+
     from stockade.kernel.process import proc_start_time
 
     with tempfile.TemporaryDirectory(prefix="stockade-pasta-") as tmp:
@@ -155,6 +158,9 @@ def _start_pasta(options: list[str], pid: int, ports: list[PortBinding]) -> dict
 
 
 def _start_slirp(options: list[str], pid: int, ports: list[PortBinding]) -> dict[str, Any]:
+    import subprocess
+    import tempfile
+
     from stockade.kernel.process import proc_start_time
 
     settings = dict(o.split("=", 1) for o in options)
