@@ -2,12 +2,14 @@
 SHELL := /bin/bash
 VENV := .venv
 CACHE := .cache
-# The real interpreter, not a pyenv shim (a shim adds ~15 ms to every call).
-PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
+# Debian's python3 (built with PGO and LTO, libpython linked in): our Python runs ~25% faster on
+# it than on a plain source build such as pyenv's, and starts ~1 ms sooner. Otherwise the real
+# interpreter behind python3, not a pyenv shim (a shim adds ~15 ms to every call).
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || python3 -c 'import sys; print(sys.executable)')
 DEB_PACKAGES := busybox-static crun runc podman conmon uidmap hyperfine iproute2 procps gcc libc6-dev \
                 libseccomp2 catatonit fuse-overlayfs containernetworking-plugins qemu-system-x86 strace \
                 skopeo umoci debootstrap docker-registry apache2-utils zstd openssl \
-                nftables iperf3 passt slirp4netns python3 passwd util-linux
+                nftables iperf3 passt slirp4netns python3 python3-venv passwd util-linux
 APT_STAMP := $(CACHE)/apt-$(shell echo $(DEB_PACKAGES) | md5sum | cut -c1-8).stamp
 VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 PYTEST_ARGS ?=

@@ -86,7 +86,7 @@ def _offer_commands_to_host() -> None:
     from stockade.cli import served
     from stockade.engine import host
 
-    host.set_cli_handler(served.serve, served.warm_up)
+    host.set_cli_handler(served.serve, served.warm_up, served.rehearse)
 
 
 HOST_COMMANDS = CONTAINER_SHORT_FORMS | {"container", "network", "volume"}

@@ -42,13 +42,16 @@ CLI_REQUEST = b"cli 2\n"  # (the protocol's version: a host of another one answe
 _in_worker = False  # this process is a command worker (see serving_commands)
 _host_runroot = Path(".")  # the serving host's run root (its working directory)
 _preforked: socket.socket | None = None  # a monitor-to-be, waiting for its container
-# The CLI layer's command server: (serve(conn) in a fresh fork, warm_up() once in the host).
-_cli_handler: tuple[Callable[[socket.socket], None], Callable[[], None]] | None = None
+# The CLI layer's command server: serve(conn) in a fresh fork, warm_up() once in the host,
+# rehearse() in a spare worker while it waits (see _SpareWorker).
+_cli_handler: tuple[Callable[[socket.socket], None], Callable[[], None], Callable[[], None]] | None = None
 
 
-def set_cli_handler(serve: Callable[[socket.socket], None], warm_up: Callable[[], None]) -> None:
+def set_cli_handler(
+    serve: Callable[[socket.socket], None], warm_up: Callable[[], None], rehearse: Callable[[], None]
+) -> None:
     global _cli_handler
-    _cli_handler = (serve, warm_up)
+    _cli_handler = (serve, warm_up, rehearse)
 
 
 def spawn_monitor(root: Path, runroot: Path, cid: str, hello: dict[str, object]) -> socket.socket:
@@ -211,12 +214,22 @@ def serve(listener: socket.socket) -> None:
     zygote_end = _start_zygote(listener)
     children: set[int] = set()
     clients: dict[int, tuple[socket.socket, int]] = {}  # fd of a command's client -> (it, worker)
+    spare: _SpareWorker | None = None
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     last = time.monotonic()
     while True:
+        not_for_child = [listener, zygote_end, *(c for c, _ in clients.values())]
+        if spare is None and _cli_handler is not None:
+            spare = _SpareWorker(not_for_child)
+            children.add(spare.pid)
+            poller.register(spare.sock, select.POLLIN)  # (it says when it is ready)
         events = dict(poller.poll(1000))
         children -= _reaped(children)
+        if spare is not None and spare.sock.fileno() in events and not spare.heard_ready():
+            poller.unregister(spare.sock)  # (gone: killed by someone)
+            spare.dismiss()
+            spare = None
         for fd in [fd for fd in events if fd in clients]:  # (only hang-ups are asked for)
             conn, worker = clients.pop(fd)
             poller.unregister(fd)
@@ -224,7 +237,11 @@ def serve(listener: socket.socket) -> None:
         if listener.fileno() in events:
             with contextlib.suppress(OSError):
                 conn, _ = listener.accept()
-                pid, is_cli = _spawn(conn, [listener, zygote_end, *(c for c, _ in clients.values())])
+                pid, is_cli = _spawn(conn, not_for_child, spare)
+                if spare is not None and pid == spare.pid:  # (the next one is forked at the top)
+                    poller.unregister(spare.sock)
+                    spare.dismiss()
+                    spare = None
                 if pid:
                     children.add(pid)
                 if pid and is_cli:
@@ -234,12 +251,72 @@ def serve(listener: socket.socket) -> None:
                 else:
                     conn.close()
             last = time.monotonic()
-        elif not children and time.monotonic() - last > IDLE_SECONDS:
+        elif not children - {spare.pid if spare else 0} and time.monotonic() - last > IDLE_SECONDS:
             for name in (SOCKET, ZYGOTE_SOCKET):  # (relative to the run root, our cwd)
                 with contextlib.suppress(OSError):
                     os.unlink(name)
             zygote_end.close()  # the zygote exits when it reads EOF
+            if spare is not None:
+                spare.dismiss()  # (so does the spare worker)
             return
+
+
+class _SpareWorker:
+    """A command worker forked before its command comes: the fork (~2 ms, the host being big)
+    is then off the command's path, and so are the page faults of a command's first steps: it
+    rehearses them (the CLI's rehearse). It then says it is ready (a command that comes
+    before that gets a worker forked afresh), waits for the client's connection, handed to it
+    as a descriptor, and exits when its socket closes without one."""
+
+    def __init__(self, not_for_child: list[socket.socket]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the spare
+            try:
+                ours.close()
+                for other in not_for_child:
+                    other.close()
+                _await_command(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.sock = ours
+        self.ready = False  # (until it has rehearsed: a command would wait for that)
+
+    def heard_ready(self) -> bool:
+        """Its word that it is ready; False if it is gone instead."""
+        with contextlib.suppress(OSError):
+            self.ready = self.sock.recv(1) == b"r"
+        return self.ready
+
+    def take(self, conn: socket.socket) -> bool:
+        """Hand it a command's connection; False if it is not ready or gone."""
+        if not self.ready:
+            return False
+        try:
+            socket.send_fds(self.sock, [b"c"], [conn.fileno()])
+            return True
+        except OSError:
+            return False
+
+    def dismiss(self) -> None:
+        self.sock.close()
+
+
+def _await_command(channel: socket.socket) -> None:
+    if _cli_handler is not None:
+        # (At normal priority: measured, a spare at idle priority seldom finished before the
+        # next command came, while the command it overlapped lost nothing noticeable.)
+        with contextlib.suppress(Exception):  # (a rehearsal that fails has done what it could)
+            _cli_handler[2]()
+    try:
+        channel.send(b"r")
+        _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    except OSError:
+        return
+    channel.close()
+    if fds and _cli_handler is not None:
+        _cli_handler[0](socket.socket(fileno=fds[0]))
 
 
 def _start_zygote(host_listener: socket.socket) -> socket.socket:
@@ -313,25 +390,31 @@ def _reaped(children: set[int]) -> set[int]:
 
 
 def _read_line(conn: socket.socket, timeout: float | None = 5) -> bytes:
+    """One line, and not a byte more: what follows it belongs to the monitor (or the worker).
+    Peeked at first, then taken to its end (not a recv per byte: ~150 for a monitor's)."""
     data = b""
     conn.settimeout(timeout)
     while not data.endswith(b"\n"):
-        chunk = conn.recv(1)  # byte by byte: what follows the line belongs to the monitor
-        if not chunk:
+        peeked = conn.recv(4096, socket.MSG_PEEK)
+        if not peeked:
             raise OSError("monitor host: request cut short")
-        data += chunk
+        end = peeked.find(b"\n")
+        data += conn.recv(len(peeked) if end < 0 else end + 1)
     conn.settimeout(None)
     return data
 
 
-def _spawn(conn: socket.socket, not_for_child: list[socket.socket]) -> tuple[int, bool]:
-    """Fork the monitor or command worker `conn` asks for: (its pid or 0, whether a command)."""
+def _spawn(conn: socket.socket, not_for_child: list[socket.socket], spare: _SpareWorker | None) -> tuple[int, bool]:
+    """Fork the monitor or command worker `conn` asks for, or hand a command to the spare
+    worker: (the pid or 0, whether a command)."""
     try:
         line = _read_line(conn)
         is_cli = line == CLI_REQUEST and _cli_handler is not None
         req = {} if is_cli else dict(json.loads(line))
     except (OSError, ValueError):
         return 0, False
+    if is_cli and spare is not None and spare.take(conn):
+        return spare.pid, True
     pid = os.fork()
     if pid:
         return pid, is_cli

@@ -212,6 +212,12 @@ def _wait_monitor_exit(ctr: Container, seconds: float) -> None:
 def remove_stopped(root: Path, ctr: Container, volumes: bool = False) -> None:
     """Everything a stopped container holds goes: runtime leftovers, mounts, ID range, image
     hold, its anonymous volumes (with -v), then its directory - its name last."""
+    delete_trash(unregister(root, ctr, volumes))
+
+
+def unregister(root: Path, ctr: Container, volumes: bool = False) -> Path:
+    """remove_stopped but for the files: the container no longer exists (its name is free, no
+    command finds it), its directory waits under a hidden name, which is returned."""
     from stockade.engine.create import HOLD_PREFIX, allocator, store_of
     from stockade.engine.volumes import Volumes
 
@@ -228,5 +234,9 @@ def remove_stopped(root: Path, ctr: Container, volumes: bool = False) -> None:
         trash = ctr.dir.with_name(".rm-" + ctr.id)
         with contextlib.suppress(FileNotFoundError):
             os.rename(ctr.dir, trash)
+    return trash
+
+
+def delete_trash(trash: Path) -> None:
     if not mounts_under(trash):  # never delete through a mount (a volume!)
         shutil.rmtree(trash, ignore_errors=True)

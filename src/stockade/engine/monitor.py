@@ -148,11 +148,12 @@ class Monitor:
         ctr = self.ctr
         if self.log is not None:
             self.log.close()
+        trash = None
         if ctr.record["HostConfig"].get("AutoRemove"):
-            from stockade.engine.lifecycle import remove_stopped
+            from stockade.engine.lifecycle import unregister
 
             with contextlib.suppress(Exception):
-                remove_stopped(self.root, ctr, volumes=True)
+                trash = unregister(self.root, ctr, volumes=True)
         exit_msg = stream.json_frame(
             stream.EXIT, {"code": ctr.state.get("ExitCode", 0), "oom": ctr.state.get("OOMKilled", False)}
         )
@@ -163,6 +164,12 @@ class Monitor:
             self.listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(ctr.dir / "monitor.sock")
+        if trash is not None:
+            # After the clients heard: `run --rm` waits for the container to be gone, not for
+            # its files to be deleted (~2 ms).
+            from stockade.engine.lifecycle import delete_trash
+
+            delete_trash(trash)
 
     # -- one run of the container --------------------------------------------------------------
     def _run_once(self) -> tuple[int | None, bool]:

@@ -194,10 +194,14 @@ def _parent_half(
     state.start_time = kproc.proc_start_time(init_pid) or 0
     trace(f"parent: init is pid {init_pid}")
     if cgroup is not None:
-        # The first migration into a cgroup waits for an RCU grace period (~10 ms): the init
-        # builds its rootfs meanwhile, and unshares its cgroup namespace only once we say so.
+        # The first migration after a quiet spell waits for an RCU grace period (~10 ms) unless
+        # primed (cgroups.prime_migration, since the cgroup was made); the init builds its
+        # rootfs meanwhile, and unshares its cgroup namespace only once we say so.
         cgroup.join(init_pid)
         trace("parent: init joined its cgroup")
+        from stockade.runtime.cgroups import end_priming
+
+        end_priming()
     ch.expect(sync.RUN_CREATE_HOOKS)
     hook_state = _hook_state(state, "creating")
     run_hooks("prestart", config.hooks_of("prestart"), hook_state)

@@ -118,27 +118,34 @@ def delegated_parent(layout: Layout, own: dict[str, str]) -> str | None:
     return None
 
 
-_primed = False
+_priming: list[bool] = []  # [still wanted], once priming has started in this process
+PRIMING_CAP = 0.2  # seconds: a set-up that takes longer than this pays the wait
 
 
 def prime_migration() -> None:
-    """Start, in a thread, a migration that moves nothing: this process into the cgroup it is
-    already in. Why: the first migration after a quiet spell waits for an RCU grace period
-    (~7-10 ms here; the kernel puts cgroup_threadgroup_rwsem's readers on their slow path),
-    and migrations within about a grace period after one are not held up. Started as a
-    container's set-up begins, the wait runs beside the mounts and the config work, and the
-    init's join finds the way clear (measured: 9 ms -> 0.6). A join that comes later waits
-    as it would have anyway. Once per process; errors (no cgroups, rootless) are ignored."""
-    global _primed
-    if _primed:
+    """Start, in a thread, migrations that move nothing: this process into the cgroup it is
+    already in, every 2 ms until end_priming(). Why: the first migration after a quiet spell
+    waits for an RCU grace period (~7-10 ms here: the kernel puts cgroup_threadgroup_rwsem's
+    readers on their slow path, and lets them back only a grace period after the last
+    migration). Started once the container's cgroup is made, the wait runs beside the mounts
+    and the namespaces, and the init's join finds the way clear (measured: 9 ms -> ~0.5). Once
+    per process; errors (no cgroups, rootless) are ignored."""
+    if _priming:
         return
-    _primed = True
+    _priming.append(True)
     import _thread
 
-    _thread.start_new_thread(_migrate_self, ())
+    _thread.start_new_thread(_migrate_self_until_ended, ())
 
 
-def _migrate_self() -> None:
+def end_priming() -> None:
+    if _priming:
+        _priming[0] = False
+
+
+def _migrate_self_until_ended() -> None:
+    import time
+
     try:
         layout = detect_layout()
         own = own_cgroups()
@@ -149,7 +156,10 @@ def _migrate_self() -> None:
         procs = os.path.join(str(mount), own[hierarchy].lstrip("/"), "cgroup.procs")
         fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, str(os.getpid()).encode())
+            deadline = time.monotonic() + PRIMING_CAP
+            while _priming[0] and time.monotonic() < deadline:
+                os.write(fd, str(os.getpid()).encode())
+                time.sleep(0.002)
         finally:
             os.close(fd)
     except (OSError, ValueError):
