@@ -30,12 +30,16 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from stockade.engine import stream
 from stockade.kernel import process as kproc
 
 SOCKET = "monitor-host.sock"
 IDLE_SECONDS = float(os.environ.get("STOCKADE_HOST_IDLE", "30"))
+# A spare worker is kept while commands come (it holds ~3.5 MB of its own pages, rehearsed):
+# it goes after this long without one, and the next command brings the next spare.
+SPARE_SECONDS = 2.0
 ZYGOTE_SOCKET = "monitor-zygote.sock"
 CLI_REQUEST = b"cli 2\n"  # (the protocol's version: a host of another one answers nothing)
 
@@ -109,12 +113,22 @@ def _fork_spare() -> socket.socket:
 
 def _be_spare(conn: socket.socket) -> None:
     """A monitor-to-be: it drops the stdio it inherited at once (a command's must see EOF
-    without it) and becomes the monitor of the container it is told about."""
+    without it), forks its set-up child while it waits (monitor.SetUpChild: ~1 ms off the
+    start), and becomes the monitor of the container it is told about."""
+    from stockade.engine.monitor import SetUpChild
+
     kproc.detach_stdio(keep=conn.fileno())
-    with contextlib.suppress(OSError, ValueError):
-        req = json.loads(_read_line(conn, timeout=None))
-        os.chdir(req["runroot"])
-        _be_monitor(Path(req["root"]), Path(req["runroot"]), req["id"], conn)
+    os.setsid()  # (before the fork: the set-up child, and the container's init, in its session)
+    ahead = SetUpChild()
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            req = json.loads(_read_line(conn, timeout=None))
+            os.chdir(req["runroot"])
+            _be_monitor(Path(req["root"]), Path(req["runroot"]), req["id"], conn, ahead)
+    finally:
+        ahead.dismiss()  # (not needed after all, or the monitor is done: it exits)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(ahead.pid, 0)
 
 
 def ensure_running(runroot: Path) -> None:
@@ -220,7 +234,12 @@ def serve(listener: socket.socket) -> None:
     last = time.monotonic()
     while True:
         not_for_child = [listener, zygote_end, *(c for c, _ in clients.values())]
-        if spare is None and _cli_handler is not None:
+        busy = time.monotonic() - last < SPARE_SECONDS
+        if spare is not None and not busy:
+            poller.unregister(spare.sock)
+            spare.dismiss()
+            spare = None
+        if spare is None and busy and _cli_handler is not None:
             spare = _SpareWorker(not_for_child)
             children.add(spare.pid)
             poller.register(spare.sock, select.POLLIN)  # (it says when it is ready)
@@ -273,6 +292,7 @@ class _SpareWorker:
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the spare
             try:
+                kproc.set_name("stockade-worker")
                 ours.close()
                 for other in not_for_child:
                     other.close()
@@ -422,6 +442,7 @@ def _spawn(conn: socket.socket, not_for_child: list[socket.socket], spare: _Spar
         for other in not_for_child:  # the listeners, the zygote's pipe, other commands' clients
             other.close()
         if is_cli and _cli_handler is not None:
+            kproc.set_name("stockade-worker")
             _cli_handler[0](conn)
             return 0, True
         _be_monitor(Path(req["root"]), Path(os.getcwd()), req["id"], conn)
@@ -430,11 +451,11 @@ def _spawn(conn: socket.socket, not_for_child: list[socket.socket], spare: _Spar
     return 0, False
 
 
-def _be_monitor(root: Path, runroot: Path, cid: str, conn: socket.socket) -> None:
+def _be_monitor(root: Path, runroot: Path, cid: str, conn: socket.socket, ahead: Any = None) -> None:
     try:
         from stockade.engine.monitor import main
 
-        main(root, runroot, cid, conn)
+        main(root, runroot, cid, conn, ahead)
     except BaseException as exc:  # the monitor's last words go to its container's client
         with contextlib.suppress(Exception):
             conn.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))

@@ -100,10 +100,15 @@ class Monitor:
         self.external: Any = None  # engine.oci.External for --runtime crun|runc|PATH
         self.mediator: socket.socket | None = None  # takes seccomp notify fds (intercept=mknod)
         self.notify_fds: set[int] = set()
+        self.setting_up: SetUpChild | StartFailed | None = None  # the run begun, not awaited yet
 
     # -- the whole life ----------------------------------------------------------------------
-    def run(self, first: socket.socket | None) -> None:
+    def run(self, first: socket.socket | None, ahead: SetUpChild | None = None) -> None:
+        """`ahead`: a set-up child forked before the container was known (see SetUpChild)."""
         ctr = self.ctr
+        # The set-up first: the monitor's own start (its socket, the first client, the state,
+        # the log) runs beside it.
+        self.setting_up = self._begin_run(ahead)
         os.chdir(ctr.dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink("monitor.sock")
@@ -174,10 +179,11 @@ class Monitor:
     # -- one run of the container --------------------------------------------------------------
     def _run_once(self) -> tuple[int | None, bool]:
         ctr = self.ctr
-        self._open_mediator()  # before create: the runtime connects to it then
+        setting_up, self.setting_up = self.setting_up or self._begin_run(None), None
         try:
-            self._choose_runtime()
-            started = self._set_up_in_child()
+            if isinstance(setting_up, StartFailed):
+                raise setting_up
+            started = self._await_set_up(setting_up)
         except StartFailed as exc:
             self._close_mediator()
             ctr.state.update(
@@ -205,32 +211,30 @@ class Monitor:
         return code, oom
 
     # -- set-up, in a child process -------------------------------------------------------------
-    def _set_up_in_child(self) -> Any:
-        """Mount, reserve ports, create and start the container in a child that exits when done.
-
-        Why a child: that work runs through much of the interpreter (runtime, image, network
-        code); every page it writes would stay this monitor's own copy (copy-on-write from the
-        host) for the container's whole life, ~6 MB per idle container. The child is a subreaper
-        while it creates (the runtime's rule), so the init is its child until it exits; then the
-        kernel hands the init to us, the nearest subreaper, and we wait for it as before. What
-        we keep of the work comes back over a socket pair: the descriptors (stdio pipes or the
-        pty master, held port sockets) and a JSON summary (engine.oci.Started, mounts, state)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            try:
-                ours.close()
-                self._set_up_and_report(theirs)
-            finally:
-                os._exit(0)
-        theirs.close()
+    def _begin_run(self, ahead: SetUpChild | None) -> SetUpChild | StartFailed:
+        """Set the child that sets the container up going (see SetUpChild); a failure to
+        report, if the run cannot even begin."""
+        self._open_mediator()  # before the set-up: the runtime connects to it then
         try:
-            message, fds, _flags, _addr = socket.recv_fds(ours, 1 << 16, 64)
+            self._choose_runtime()
+        except StartFailed as exc:
+            if ahead is not None:
+                ahead.dismiss()
+            return exc
+        child = ahead or SetUpChild()
+        child.go(self.root, self.runroot, self.ctr.id)
+        return child
+
+    def _await_set_up(self, child: SetUpChild) -> Any:
+        """What the set-up child reports: the descriptors (stdio pipes or the pty master, held
+        port sockets) and a JSON summary (engine.oci.Started, mounts, state)."""
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(child.channel, 1 << 16, 64)
         except OSError:
             message, fds = b"", []
         finally:
-            ours.close()
-            os.waitpid(pid, 0)  # once it is gone, the init is our child
+            child.dismiss()
+            os.waitpid(child.pid, 0)  # once it is gone, the init is our child
         if not message:
             for fd in fds:
                 os.close(fd)
@@ -745,11 +749,63 @@ class Monitor:
             signal_init(State.load(self.runtime_root, self.ctr.id), int(sig))
 
 
-def main(root: Path, runroot: Path, cid: str, first: socket.socket | None) -> None:
-    """The monitor's body in a freshly forked process (see engine.host)."""
-    os.setsid()
+class SetUpChild:
+    """The child that mounts, reserves ports, creates and starts the container, and exits.
+
+    Why a child: that work runs through much of the interpreter (runtime, image, network
+    code); every page it writes would stay the monitor's own copy (copy-on-write from the
+    host) for the container's whole life, ~6 MB per idle container. The child is a subreaper
+    while it creates (the runtime's rule), so the init is its child until it exits; then the
+    kernel hands the init to the monitor, the nearest subreaper. A monitor-to-be forks it
+    before it knows its container (SetUpChild.ahead), while the command that asked for it is
+    still creating the container: the fork is then off the start's path. Told which container
+    (`go`), it reads the container itself and reports back over the socket pair."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - child
+            try:
+                ours.close()
+                _set_up_when_told(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.channel = ours
+
+    def go(self, root: Path, runroot: Path, cid: str) -> None:
+        with contextlib.suppress(OSError):  # (a child that died is reported by _await_set_up)
+            self.channel.send(json.dumps({"root": str(root), "runroot": str(runroot), "id": cid}).encode())
+
+    def dismiss(self) -> None:
+        """Close our end: a child not told to go exits."""
+        self.channel.close()
+
+
+def _set_up_when_told(channel: socket.socket) -> None:
+    try:
+        order = channel.recv(1 << 16)
+    except OSError:
+        return
+    if not order:
+        return  # not needed after all
+    req = json.loads(order)
+    monitor = Monitor(Path(req["root"]), Path(req["runroot"]), req["id"])
+    try:
+        monitor._choose_runtime()
+    except StartFailed as exc:
+        channel.send(json.dumps({"error": exc.message, "code": exc.code}).encode())
+        return
+    monitor._set_up_and_report(channel)
+
+
+def main(root: Path, runroot: Path, cid: str, first: socket.socket | None, ahead: SetUpChild | None = None) -> None:
+    """The monitor's body in a freshly forked process (see engine.host); `ahead`: its set-up
+    child, if it forked one before it knew the container (then it is in its session already)."""
+    if ahead is None:
+        os.setsid()
     kproc.set_name("stockade-mon")
     kproc.set_child_subreaper()
     for sig in (signals.SIGINT, signals.SIGHUP, signals.SIGPIPE):
         signals.set_handler(sig, signals.SIG_IGN)
-    Monitor(root, runroot, cid).run(first)
+    Monitor(root, runroot, cid).run(first, ahead)
