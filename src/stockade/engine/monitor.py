@@ -324,7 +324,7 @@ class Monitor:
 
         ctr = self.ctr
         store = store_of(self.root)
-        image = store.image(ctr.record["ImageManifest"])
+        image = store.image(ctr.record["ImageManifest"], named=False)  # (its layers are all we need)
         idmap = ctr.record.get("IDMap")
         maps = record_maps(ctr.record)
         rootfs = prepare(store, image, ctr.dir, *maps, volatile=not ctr.durable, userns=userns)

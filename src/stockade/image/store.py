@@ -248,11 +248,14 @@ class Store:
     def images(self) -> list[Image]:
         """Named images, and the unnamed ones kept by a dangling hold (`commit` without a name,
         listed as <none>:<none>, as Docker's)."""
+        return [self._build(digest, *names) for digest, names in self._listed().items()]
+
+    def _listed(self) -> dict[str, tuple[list[Reference], list[str]]]:
         named = self._names()
         for holder, digest in self.holders().items():
             if holder.startswith(DANGLING) and digest not in named:
                 named[digest] = ([], [])
-        return [self._build(digest, *names) for digest, names in named.items()]
+        return named
 
     def keep_unnamed(self, manifest_digest: str) -> None:
         self.hold(DANGLING + manifest_digest.split(":")[1][:32], manifest_digest)
@@ -260,14 +263,23 @@ class Store:
     def forget_unnamed(self, manifest_digest: str) -> None:
         self.release(DANGLING + manifest_digest.split(":")[1][:32])
 
-    def image(self, manifest_digest: str) -> Image:
-        """One stored image by manifest digest (named or not), without loading the others."""
-        return self._build(manifest_digest, *self._names().get(manifest_digest, ([], [])))
+    def image(self, manifest_digest: str, named: bool = True) -> Image:
+        """One stored image by manifest digest (named or not), without loading the others;
+        without its names unless `named` (they come from index.json, every name parsed)."""
+        names = self._names().get(manifest_digest, ([], [])) if named else ([], [])
+        return self._build(manifest_digest, *names)
 
     def lookup(self, text: str) -> Image:
         """An image by name (busybox, busybox:1, docker.io/library/busybox@sha256:..), ID or ID prefix."""
-        images = self.images()
         candidate = text.removeprefix("sha256:")
+        if not (len(candidate) >= 4 and all(c in "0123456789abcdef" for c in candidate)):
+            ref = parse_reference(text)
+            if not ref.digest:  # by name: from index.json, only the image found is read
+                for digest, (names, repo_digests) in self._listed().items():
+                    if ref in names:
+                        return self._build(digest, names, repo_digests)
+                raise ImageError(f"{text}: image not known (pull it first)")
+        images = self.images()
         if len(candidate) >= 4 and all(c in "0123456789abcdef" for c in candidate):
             hits = [
                 i
