@@ -40,6 +40,7 @@ IDLE_SECONDS = float(os.environ.get("STOCKADE_HOST_IDLE", "30"))
 # A spare worker is kept while commands come (it holds ~3.5 MB of its own pages, rehearsed):
 # it goes after this long without one, and the next command brings the next spare.
 SPARE_SECONDS = 2.0
+REHEARSALS = 64  # of a monitor's steps, in the zygote (monitor.rehearse): enough to warm them
 ZYGOTE_SOCKET = "monitor-zygote.sock"
 CLI_REQUEST = b"cli 2\n"  # (the protocol's version: a host of another one answers nothing)
 
@@ -113,22 +114,14 @@ def _fork_spare() -> socket.socket:
 
 def _be_spare(conn: socket.socket) -> None:
     """A monitor-to-be: it drops the stdio it inherited at once (a command's must see EOF
-    without it), forks its set-up child while it waits (monitor.SetUpChild: ~1 ms off the
-    start), and becomes the monitor of the container it is told about."""
-    from stockade.engine.monitor import SetUpChild
+    without it), forks its starter at once (monitor.Starter: the fork is then off the start's
+    path) and hands it the connection: the starter reads which container (or EOF: not needed
+    after all, both exit)."""
+    from stockade.engine.monitor import Starter
 
     kproc.detach_stdio(keep=conn.fileno())
-    os.setsid()  # (before the fork: the set-up child, and the container's init, in its session)
-    ahead = SetUpChild()
-    try:
-        with contextlib.suppress(OSError, ValueError):
-            req = json.loads(_read_line(conn, timeout=None))
-            os.chdir(req["runroot"])
-            _be_monitor(Path(req["root"]), Path(req["runroot"]), req["id"], conn, ahead)
-    finally:
-        ahead.dismiss()  # (not needed after all, or the monitor is done: it exits)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(ahead.pid, 0)
+    os.setsid()  # (before the fork: the starter, and the container's init, in its session)
+    _be_monitor(conn, None, Starter())
 
 
 def ensure_running(runroot: Path) -> None:
@@ -369,6 +362,13 @@ def _zygote(listener: socket.socket, host: socket.socket) -> None:
     # Its children (monitors) are reaped by the kernel: no zombies, and no double fork (the
     # intermediate's writes would end up as every monitor's own pages).
     signals.set_handler(signals.SIGCHLD, signals.SIG_IGN)
+    from stockade.engine import monitor
+
+    for _ in range(REHEARSALS):
+        with contextlib.suppress(Exception):  # (a rehearsal that fails has done what it could)
+            monitor.rehearse()
+    gc.collect()
+    gc.freeze()
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(host, select.POLLIN)
@@ -409,7 +409,7 @@ def _reaped(children: set[int]) -> set[int]:
     return done
 
 
-def _read_line(conn: socket.socket, timeout: float | None = 5) -> bytes:
+def read_line(conn: socket.socket, timeout: float | None = 5) -> bytes:
     """One line, and not a byte more: what follows it belongs to the monitor (or the worker).
     Peeked at first, then taken to its end (not a recv per byte: ~150 for a monitor's)."""
     data = b""
@@ -428,7 +428,7 @@ def _spawn(conn: socket.socket, not_for_child: list[socket.socket], spare: _Spar
     """Fork the monitor or command worker `conn` asks for, or hand a command to the spare
     worker: (the pid or 0, whether a command)."""
     try:
-        line = _read_line(conn)
+        line = read_line(conn)
         is_cli = line == CLI_REQUEST and _cli_handler is not None
         req = {} if is_cli else dict(json.loads(line))
     except (OSError, ValueError):
@@ -445,17 +445,17 @@ def _spawn(conn: socket.socket, not_for_child: list[socket.socket], spare: _Spar
             kproc.set_name("stockade-worker")
             _cli_handler[0](conn)
             return 0, True
-        _be_monitor(Path(req["root"]), Path(os.getcwd()), req["id"], conn)
+        _be_monitor(conn, {"root": req["root"], "runroot": os.getcwd(), "id": req["id"]})
     finally:
         os._exit(0)
     return 0, False
 
 
-def _be_monitor(root: Path, runroot: Path, cid: str, conn: socket.socket, ahead: Any = None) -> None:
+def _be_monitor(conn: socket.socket, request: dict[str, str] | None, starter: Any = None) -> None:
     try:
         from stockade.engine.monitor import main
 
-        main(root, runroot, cid, conn, ahead)
+        main(conn, request, starter)
     except BaseException as exc:  # the monitor's last words go to its container's client
         with contextlib.suppress(Exception):
             conn.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))

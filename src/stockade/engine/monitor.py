@@ -1,15 +1,21 @@
 """The monitor: one small supervisor per running container (conmon's job).
 
-Forked by the monitor host (engine.host) into its own session, it:
-  1. mounts the container's root filesystem and volumes     - stopped containers hold no mounts
-  2. gives the container its stdio: pipes, or a pty whose master it keeps
-  3. reserves the published host ports (a conflict fails here, before anything runs)
-  4. creates the container with the runtime in-process, joins it to its networks while it
+Forked by the monitor zygote (engine.host) into its own session; each start is done by its
+child, the starter (Starter), which:
+  1. reads the request and the container's record; opens the monitor's socket, takes the
+     first client, records "starting"                        - (the first start only)
+  2. mounts the root filesystem and volumes (in the runtime's create, idmapped by the
+     container's user namespace)                               - stopped containers hold no mounts
+  3. gives the container its stdio: pipes, or a pty whose master the monitor keeps
+  4. reserves the published host ports (a conflict fails here, before anything runs)
+  5. creates the container with the runtime in-process, joins it to its networks while it
      waits to be started (its network namespace exists, nothing runs yet), starts it
-  5. serves its socket: attach clients, stop/kill requests; copies output to the log
+  6. records "running", tells the clients, hands the monitor its descriptors and exits
+The monitor then (Monitor.supervise):
+  7. serves its socket: attach clients, stop/kill requests; copies output to the log
      and to attached clients; input from the client that attached stdin to the container
-  6. on exit: exit code, OOM kill (read before the cgroup goes), finish time -> state.json;
-     unmounts; applies the restart policy (back to 1) or, for --rm, removes the container
+  8. on exit: exit code, OOM kill (read before the cgroup goes), finish time -> state.json;
+     unmounts; applies the restart policy (a new starter) or, for --rm, removes the container
 The CLI can die at any moment: everything a command needs is in state.json and ctr.log.
 """
 
@@ -24,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stockade import jsonfast
 from stockade.engine import stream
 from stockade.engine.containers import Container, Containers, now_rfc3339
 from stockade.engine.logs import LogWriter
@@ -81,10 +88,10 @@ def _proxy_master(proxy: Any) -> int:
 
 
 class Monitor:
-    def __init__(self, root: Path, runroot: Path, cid: str) -> None:
+    def __init__(self, root: Path, runroot: Path, ctr: Container) -> None:
         self.root = root
         self.runtime_root = str(runroot / "runtime")
-        self.ctr: Container = Containers(root).load(cid)
+        self.ctr = ctr
         self.clients: list[Client] = []
         self.listener: socket.socket | None = None
         self.stop_requested = False
@@ -93,22 +100,48 @@ class Monitor:
         self.outputs: dict[int, str] = {}
         self.master: int | None = None
         self.mounted: list[str] = []
-        self.log: LogWriter | None = None
+        self.log: LogWriter | None = None  # (opened at the first output)
         self.pid = 0
         self.runroot = runroot
         self.port_sockets: list[socket.socket] = []
         self.external: Any = None  # engine.oci.External for --runtime crun|runc|PATH
         self.mediator: socket.socket | None = None  # takes seccomp notify fds (intercept=mknod)
         self.notify_fds: set[int] = set()
-        self.setting_up: SetUpChild | StartFailed | None = None  # the run begun, not awaited yet
+        self.started: Any = None  # engine.oci.Started of the running init
+        self.failed = False  # the last start failed
 
-    # -- the whole life ----------------------------------------------------------------------
-    def run(self, first: socket.socket | None, ahead: SetUpChild | None = None) -> None:
-        """`ahead`: a set-up child forked before the container was known (see SetUpChild)."""
+    # -- the starter's half: a start (see Starter) -----------------------------------------------
+    def start(self, first: socket.socket | None, opening: bool) -> tuple[dict[str, Any], list[int]]:
+        """Open (the first start: the monitor's socket, its first client, status "starting"),
+        then set the container up and start it. What the monitor takes over: (facts,
+        descriptors), see _take."""
         ctr = self.ctr
-        # The set-up first: the monitor's own start (its socket, the first client, the state,
-        # the log) runs beside it.
-        self.setting_up = self._begin_run(ahead)
+        if opening:
+            self._open(first)
+        self._open_mediator()  # before create: the runtime connects to it then
+        try:
+            self._choose_runtime()
+            self.started = self._set_up()
+        except StartFailed as exc:
+            self.failed = True
+            self._close_mediator()
+            ctr.state.update(
+                Status="exited", ExitCode=exc.code, Error=exc.message, FinishedAt=now_rfc3339(), Pid=0
+            )  # fmt: skip
+            ctr.save_state()
+            self._tell_clients(stream.frame(stream.ERROR, exc.message.encode()))
+            return self._handover()
+        started = self.started
+        ctr.state.update(
+            Status="running", Pid=started.pid, StartTime=started.start_time, StartedAt=now_rfc3339(),
+            CgroupPaths=started.cgroup_paths, FinishedAt="", ExitCode=0, OOMKilled=False, Error="",
+        )  # fmt: skip
+        ctr.save_state()
+        self._tell_clients(stream.json_frame(stream.STARTED, {"pid": started.pid}))
+        return self._handover()
+
+    def _open(self, first: socket.socket | None) -> None:
+        ctr = self.ctr
         os.chdir(ctr.dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink("monitor.sock")
@@ -117,28 +150,163 @@ class Monitor:
         self.listener.listen(16)
         if first is not None:
             self._add_client(first)
-        policy = ctr.record["HostConfig"]["RestartPolicy"]
+        # The log exists from the start (`logs -f` follows it), though the monitor opens it
+        # only at the first output.
+        os.close(os.open(ctr.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+        monitor = os.getppid()  # (the starter's parent: see Starter)
         ctr.state.update(
-            Status="starting", MonitorPid=os.getpid(), MonitorStartTime=kproc.proc_start_time(os.getpid()) or 0,
+            Status="starting", MonitorPid=monitor, MonitorStartTime=kproc.proc_start_time(monitor) or 0,
             Error="", RestartCount=0,  # a manual start resets the count, as Docker's does
         )  # fmt: skip
         ctr.save_state()
-        lc = ctr.record["HostConfig"]["LogConfig"]["Config"]
-        self.log = LogWriter(ctr.log_path, int(lc.get("max-size", 0)), int(lc.get("max-file", 1)))
+
+    def _set_up(self) -> Any:
+        try:
+            ports = self._reserve_ports()
+            return self._create_and_start(ports)
+        except (StockadeError, OSError) as exc:
+            failed = start_failed(exc)
+            self._release_network()
+            self._unmount()
+            raise failed from None
+
+    def _handover(self) -> tuple[dict[str, Any], list[int]]:
+        kept: list[tuple[str, int]] = [(name, fd) for fd, name in self.outputs.items() if fd != self.master]
+        if self.master is not None:
+            kept.append(("master", self.master))
+        elif self.stdin_fd is not None:
+            kept.append(("stdin", self.stdin_fd))
+        kept += [("port", s.fileno()) for s in self.port_sockets]
+        kept += [("client", c.sock.fileno()) for c in self.clients]
+        if self.listener is not None:
+            kept.append(("listener", self.listener.fileno()))
+        if self.mediator is not None:
+            kept.append(("mediator", self.mediator.fileno()))
+        ctr, started = self.ctr, self.started
+        facts = {
+            "root": str(self.root), "runroot": str(self.runroot), "dir": str(ctr.dir),
+            "record": {"Id": ctr.id, "Name": ctr.record["Name"],  # (what the monitor reads)
+                       "HostConfig": {k: ctr.record["HostConfig"].get(k) for k in MONITOR_HOST_CONFIG},
+                       "Config": {k: ctr.record["Config"].get(k) for k in MONITOR_CONFIG}},
+            "state": ctr.state, "mounted": self.mounted, "failed": self.failed,
+            "started": [started.pid, started.start_time, started.cgroup_paths] if started else None,
+            "roles": [role for role, _ in kept], "wants": [c.wants for c in self.clients],
+        }  # fmt: skip
+        return facts, [fd for _, fd in kept]
+
+    def _tell_clients(self, message: bytes) -> None:
+        for client in self.clients:
+            client.send(message)
+
+    # -- the monitor's half: taking a start over ---------------------------------------------------
+    @classmethod
+    def adopt(cls, facts: dict[str, Any], fds: list[int]) -> Monitor:
+        """The monitor of the container its starter started: only the record's fields it reads
+        while the container runs (the whole record is read again when it exits)."""
+        ctr = Container(Path(facts["dir"]), facts["record"], facts["state"])
+        monitor = cls(Path(facts["root"]), Path(facts["runroot"]), ctr)
+        monitor._take(facts, fds)
+        return monitor
+
+    def _take(self, facts: dict[str, Any], fds: list[int]) -> None:
+        """The descriptors and facts a starter handed over, as if made here."""
+        from stockade.engine.oci import Started
+
+        self._choose_runtime_quietly()  # (signals and delete go through another OCI runtime)
+        self.mounted = list(facts["mounted"])
+        self.ctr.state = facts["state"]
+        self.failed = bool(facts["failed"])
+        started = facts["started"]
+        self.started = Started(self.ctr.id, *started) if started else None
+        wants = iter(facts["wants"])
+        for role, fd in zip(facts["roles"], fds, strict=True):
+            if role == "master":
+                self.master = self.stdin_fd = fd
+                self.outputs[fd] = "stdout"
+                self.ctr.state.pop("ConsoleSize", None)  # (the starter applied it)
+            elif role == "stdin":
+                self.stdin_fd = fd
+            elif role == "port":
+                self.port_sockets.append(socket.socket(fileno=fd))
+            elif role == "client":
+                client = Client(socket.socket(fileno=fd))
+                client.wants = next(wants)
+                self.clients.append(client)
+            elif role == "listener":
+                self.listener = socket.socket(fileno=fd)
+            elif role == "mediator":
+                self.mediator = socket.socket(fileno=fd)
+            else:
+                self.outputs[fd] = role
+
+    def supervise(self) -> None:
+        """The container's life after its first start: serve, wait, restart, finish."""
+        policy = self.ctr.record["HostConfig"]["RestartPolicy"]
         backoff = BACKOFF_START
-        while True:
+        while not self.failed:
             started = time.monotonic()
-            code, _oom = self._run_once()
-            if code is None:  # it never started
-                break
+            code = self._run_to_exit()
             if not self._should_restart(policy, code):
                 break
-            ctr.state.update(Status="restarting", RestartCount=int(ctr.state.get("RestartCount", 0)) + 1)
-            ctr.save_state()
+            self.ctr.state.update(Status="restarting", RestartCount=int(self.ctr.state.get("RestartCount", 0)) + 1)
+            self.ctr.save_state()
             backoff = BACKOFF_START if time.monotonic() - started > 10 else min(backoff * 2, BACKOFF_MAX)
             if not self._serve_for(backoff):
                 break  # stopped while waiting to restart
+            self._start_again()
         self._finish()
+
+    def _run_to_exit(self) -> int:
+        ctr = self.ctr
+        code = self._serve_until_exit(self.started)
+        self._read_record()  # (the teardown reads more of it than the monitor kept)
+        oom = self._destroy(self.started)
+        self._release_network(exited=True)
+        self._close_mediator()
+        self._unmount()
+        ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
+        ctr.save_state()
+        return code
+
+    def _start_again(self) -> None:
+        """A restart, by a starter of its own (the restart policy)."""
+        starter = Starter()
+        starter.begin(None, {"root": str(self.root), "runroot": str(self.runroot), "id": self.ctr.id})
+        handed = starter.finish()
+        if handed is None:
+            self._starter_died(self.ctr)
+            return
+        facts, fds = handed
+        clients, self.clients = self.clients, []
+        self._take(facts, fds)
+        self.clients = clients + self.clients
+        if self.failed:
+            self._tell_clients(stream.frame(stream.ERROR, str(self.ctr.state.get("Error", "")).encode()))
+        else:
+            self._tell_clients(stream.json_frame(stream.STARTED, {"pid": self.started.pid}))
+
+    def _starter_died(self, ctr: Container) -> None:
+        """Its starter died (killed?) midway: what it may have made goes."""
+        self.ctr = ctr
+        self.failed = True
+        self._choose_runtime_quietly()
+        self._runtime_delete()
+        self._release_network()
+        message = "monitor: the set-up process died"
+        ctr.state.update(Status="exited", ExitCode=128, Error=message, FinishedAt=now_rfc3339(), Pid=0)
+        with contextlib.suppress(OSError):
+            ctr.save_state()
+        self._tell_clients(stream.frame(stream.ERROR, message.encode()))
+
+    def _read_record(self) -> None:
+        from stockade.engine.containers import RECORD, read_json
+
+        with contextlib.suppress(OSError, ValueError):
+            self.ctr.record = read_json(self.ctr.dir / RECORD)
+
+    def _choose_runtime_quietly(self) -> None:
+        with contextlib.suppress(StartFailed):
+            self._choose_runtime()
 
     def _should_restart(self, policy: dict[str, Any], code: int) -> bool:
         name = policy.get("Name", "no")
@@ -150,6 +318,7 @@ class Monitor:
         return True  # always, unless-stopped
 
     def _finish(self) -> None:
+        self._read_record()
         ctr = self.ctr
         if self.log is not None:
             self.log.close()
@@ -175,120 +344,6 @@ class Monitor:
             from stockade.engine.lifecycle import delete_trash
 
             delete_trash(trash)
-
-    # -- one run of the container --------------------------------------------------------------
-    def _run_once(self) -> tuple[int | None, bool]:
-        ctr = self.ctr
-        setting_up, self.setting_up = self.setting_up or self._begin_run(None), None
-        try:
-            if isinstance(setting_up, StartFailed):
-                raise setting_up
-            started = self._await_set_up(setting_up)
-        except StartFailed as exc:
-            self._close_mediator()
-            ctr.state.update(
-                Status="exited", ExitCode=exc.code, Error=exc.message, FinishedAt=now_rfc3339(), Pid=0
-            )  # fmt: skip
-            ctr.save_state()
-            for client in self.clients:
-                client.send(stream.frame(stream.ERROR, exc.message.encode()))
-            return None, False
-        ctr.state.update(
-            Status="running", Pid=started.pid, StartTime=started.start_time, StartedAt=now_rfc3339(),
-            CgroupPaths=started.cgroup_paths, FinishedAt="", ExitCode=0, OOMKilled=False, Error="",
-        )  # fmt: skip
-        ctr.save_state()
-        message = stream.json_frame(stream.STARTED, {"pid": started.pid})
-        for client in self.clients:
-            client.send(message)
-        code = self._serve_until_exit(started)
-        oom = self._destroy(started)
-        self._release_network(exited=True)
-        self._close_mediator()
-        self._unmount()
-        ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
-        ctr.save_state()
-        return code, oom
-
-    # -- set-up, in a child process -------------------------------------------------------------
-    def _begin_run(self, ahead: SetUpChild | None) -> SetUpChild | StartFailed:
-        """Set the child that sets the container up going (see SetUpChild); a failure to
-        report, if the run cannot even begin."""
-        self._open_mediator()  # before the set-up: the runtime connects to it then
-        try:
-            self._choose_runtime()
-        except StartFailed as exc:
-            if ahead is not None:
-                ahead.dismiss()
-            return exc
-        child = ahead or SetUpChild()
-        child.go(self.root, self.runroot, self.ctr.id)
-        return child
-
-    def _await_set_up(self, child: SetUpChild) -> Any:
-        """What the set-up child reports: the descriptors (stdio pipes or the pty master, held
-        port sockets) and a JSON summary (engine.oci.Started, mounts, state)."""
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(child.channel, 1 << 16, 64)
-        except OSError:
-            message, fds = b"", []
-        finally:
-            child.dismiss()
-            os.waitpid(child.pid, 0)  # once it is gone, the init is our child
-        if not message:
-            for fd in fds:
-                os.close(fd)
-            self._runtime_delete()
-            self._release_network()
-            raise StartFailed("monitor: the set-up process died", 128)
-        report = json.loads(message)
-        if "error" in report:
-            raise StartFailed(report["error"], int(report["code"]))
-        self._take_report(report, fds)
-        from stockade.engine.oci import Started
-
-        return Started(self.ctr.id, report["pid"], report["start_time"], report["cgroup_paths"])
-
-    def _set_up_and_report(self, channel: socket.socket) -> None:
-        """The child's half: the set-up, then one message with what the monitor keeps."""
-        ctr = self.ctr
-        try:
-            ports = self._reserve_ports()
-            state = self._create_and_start(ports)
-        except (StockadeError, OSError) as exc:
-            failed = start_failed(exc)
-            self._release_network()
-            self._unmount()
-            channel.send(json.dumps({"error": failed.message, "code": failed.code}).encode())
-            return
-        kept: list[tuple[str, int]] = [(name, fd) for fd, name in self.outputs.items() if fd != self.master]
-        if self.master is not None:
-            kept.append(("master", self.master))
-        elif self.stdin_fd is not None:
-            kept.append(("stdin", self.stdin_fd))
-        kept += [("port", s.fileno()) for s in self.port_sockets]
-        report = {
-            "pid": state.pid, "start_time": state.start_time, "cgroup_paths": state.cgroup_paths,
-            "mounted": self.mounted, "roles": [role for role, _ in kept],
-            "state": {k: ctr.state[k] for k in ("Driver", "IDMapping") if k in ctr.state},
-        }  # fmt: skip
-        socket.send_fds(channel, [json.dumps(report).encode()], [fd for _, fd in kept])
-
-    def _take_report(self, report: dict[str, Any], fds: list[int]) -> None:
-        """The descriptors and facts the set-up child handed over, as if made here."""
-        self.mounted = list(report["mounted"])
-        self.ctr.state.update(report["state"])
-        for role, fd in zip(report["roles"], fds, strict=True):
-            if role == "master":
-                self.master = self.stdin_fd = fd
-                self.outputs[fd] = "stdout"
-                self.ctr.state.pop("ConsoleSize", None)  # (the child applied it)
-            elif role == "stdin":
-                self.stdin_fd = fd
-            elif role == "port":
-                self.port_sockets.append(socket.socket(fileno=fd))
-            else:
-                self.outputs[fd] = role
 
     def _choose_runtime(self) -> None:
         """Another OCI runtime (--runtime), found once here: the set-up child and this monitor
@@ -632,13 +687,19 @@ class Monitor:
             if fd != self.master:
                 os.close(fd)
             return
-        if self.log is not None:
-            self.log.write(name, data)
+        self._log().write(name, data)
         kind = stream.STDOUT if name == "stdout" else stream.STDERR
         message = stream.frame(kind, data)
         for client in list(self.clients):
             if client.wants.get(name) and not client.send(message):
                 self._drop(client)
+
+    def _log(self) -> LogWriter:
+        """The log, opened at the first output (an idle container's monitor runs none of it)."""
+        if self.log is None:
+            config = self.ctr.record["HostConfig"]["LogConfig"]["Config"]
+            self.log = LogWriter(self.ctr.log_path, int(config.get("max-size", 0)), int(config.get("max-file", 1)))
+        return self.log
 
     def _drain(self) -> None:
         """Output still in the pipes after the init exited (its last words)."""
@@ -749,17 +810,24 @@ class Monitor:
             signal_init(State.load(self.runtime_root, self.ctr.id), int(sig))
 
 
-class SetUpChild:
-    """The child that mounts, reserves ports, creates and starts the container, and exits.
+# The record fields a running container's monitor reads (see Monitor.adopt).
+MONITOR_HOST_CONFIG = ("RestartPolicy", "AutoRemove", "LogConfig", "Runtime", "SecurityOpt")
+MONITOR_CONFIG = ("Tty", "OpenStdin", "StdinOnce")
 
-    Why a child: that work runs through much of the interpreter (runtime, image, network
-    code); every page it writes would stay the monitor's own copy (copy-on-write from the
-    host) for the container's whole life, ~6 MB per idle container. The child is a subreaper
-    while it creates (the runtime's rule), so the init is its child until it exits; then the
-    kernel hands the init to the monitor, the nearest subreaper. A monitor-to-be forks it
-    before it knows its container (SetUpChild.ahead), while the command that asked for it is
-    still creating the container: the fork is then off the start's path. Told which container
-    (`go`), it reads the container itself and reports back over the socket pair."""
+
+class Starter:
+    """The monitor's child that does all a start needs, then exits: reads the request, the
+    record, opens the monitor's socket and takes its first client, mounts, reserves ports,
+    creates and starts the container (the runtime in-process), saves the state, tells the
+    clients. It hands the monitor the descriptors it made and a few facts (Monitor._take).
+
+    Why a child: that work runs through much of the interpreter (JSON, paths, the runtime,
+    image and network code); every page it writes would stay the monitor's own copy (copy-on-
+    write from the zygote) for the container's whole life. The monitor itself then runs next
+    to no code of its own until something happens. The starter is a subreaper while it creates
+    (the runtime's rule), so the init is its child until it exits; then the kernel hands the
+    init to the monitor, the nearest subreaper. A monitor-to-be forks it before it is asked for
+    anything (host._be_spare): the fork is then off the start's path."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -767,45 +835,133 @@ class SetUpChild:
         if self.pid == 0:  # pragma: no cover - child
             try:
                 ours.close()
-                _set_up_when_told(theirs)
+                _start_when_told(theirs)
             finally:
                 os._exit(0)
         theirs.close()
         self.channel = ours
+        self.request: dict[str, Any] | None = None  # which container, once known
 
-    def go(self, root: Path, runroot: Path, cid: str) -> None:
-        with contextlib.suppress(OSError):  # (a child that died is reported by _await_set_up)
-            self.channel.send(json.dumps({"root": str(root), "runroot": str(runroot), "id": cid}).encode())
+    def begin(self, first: socket.socket | None, request: dict[str, Any] | None) -> None:
+        """Start: the first client's connection (whose request line the starter reads, unless
+        `request` says it already), or a restart's request."""
+        self.request = request
+        data = json.dumps(request).encode() if request is not None else b"?"
+        with contextlib.suppress(OSError):  # (a starter that died is found out by finish)
+            socket.send_fds(self.channel, [data], [first.fileno()] if first is not None else [])
+
+    def finish(self) -> tuple[dict[str, Any], list[int]] | None:
+        """What it handed over, None if it died first (then self.request says which container,
+        if it had read that far)."""
+        handed = None
+        with contextlib.suppress(OSError, ValueError):
+            while handed is None:
+                message, fds, _flags, _addr = socket.recv_fds(self.channel, 1 << 16, 64)
+                if not message:
+                    break
+                facts = jsonfast.loads(message)
+                if "facts" not in facts:  # its word of which container (the request it read)
+                    self.request = facts
+                    continue
+                handed = facts["facts"], fds
+        self.dismiss()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)  # once it is gone, the init is our child
+        return handed
 
     def dismiss(self) -> None:
-        """Close our end: a child not told to go exits."""
+        """Close our end: a starter not told to start exits."""
         self.channel.close()
 
 
-def _set_up_when_told(channel: socket.socket) -> None:
+def _start_when_told(channel: socket.socket) -> None:
     try:
-        order = channel.recv(1 << 16)
+        message, fds, _flags, _addr = socket.recv_fds(channel, 1 << 16, 1)
     except OSError:
         return
-    if not order:
+    if not message:
         return  # not needed after all
-    req = json.loads(order)
-    monitor = Monitor(Path(req["root"]), Path(req["runroot"]), req["id"])
+    first = socket.socket(fileno=fds[0]) if fds else None
+    if message == b"?":  # the first client's request line is ours to read (host._be_spare)
+        from stockade.engine.host import read_line
+
+        assert first is not None
+        try:
+            request = json.loads(read_line(first, timeout=None))
+        except (OSError, ValueError):
+            return  # (the command went away: not needed after all)
+        channel.send(json.dumps(request).encode())
+    else:
+        request = json.loads(message)
     try:
-        monitor._choose_runtime()
-    except StartFailed as exc:
-        channel.send(json.dumps({"error": exc.message, "code": exc.code}).encode())
-        return
-    monitor._set_up_and_report(channel)
+        root, runroot = Path(request["root"]), Path(request["runroot"])
+        ctr = Containers(root).load(request["id"])
+        monitor = Monitor(root, runroot, ctr)
+        facts, kept = monitor.start(first, opening=first is not None)
+    except BaseException as exc:  # its last words go to the client (the monitor cleans up)
+        if first is not None:
+            with contextlib.suppress(OSError):
+                first.sendall(stream.frame(stream.ERROR, f"monitor: {exc}".encode()))
+        raise
+    # (The monitor object holds the sockets: it must live until they are sent.)
+    socket.send_fds(channel, [json.dumps({"facts": facts}).encode()], kept)
 
 
-def main(root: Path, runroot: Path, cid: str, first: socket.socket | None, ahead: SetUpChild | None = None) -> None:
-    """The monitor's body in a freshly forked process (see engine.host); `ahead`: its set-up
-    child, if it forked one before it knew the container (then it is in its session already)."""
-    if ahead is None:
+def rehearse() -> None:
+    """In the monitor zygote, before it forks monitors (engine/host.py): a monitor's own steps,
+    on nothing real (no container, no process, no file), so that the code they run is warm in
+    the pages every monitor shares with the zygote. CPython 3.11 rewrites a function's
+    bytecode the first times it runs (quickening, then its inline caches): run for the first
+    time in a monitor, each such write copies a page into it. (Measured: a warm call of a small
+    function writes about half the pages of a cold one; what is left are reference counts.)"""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        kproc.set_name("stockade-zygote")  # (its own name again: the same call as a monitor's)
+        kproc.prctl(kproc.PR_SET_CHILD_SUBREAPER, 0, what="prctl(PR_SET_CHILD_SUBREAPER)")
+        for sig in (signals.SIGINT, signals.SIGHUP, signals.SIGPIPE):
+            signals.set_handler(sig, signals.set_handler(sig, signals.SIG_IGN))
+        socket.send_fds(a, [b"?"], [b.fileno()])
+        _message, fds, _flags, _addr = socket.recv_fds(b, 1 << 16, 64)
+        for fd in fds:
+            os.close(fd)
+        facts = {
+            "root": "/", "runroot": "/", "dir": "/", "record": {"Id": "0" * 64, "Name": "/rehearsal",
+            "HostConfig": {"RestartPolicy": {"Name": "no"}, "AutoRemove": False}, "Config": {}},
+            "state": {"Status": "running"}, "mounted": [], "failed": False, "started": [0, 0, {}],
+            "roles": [], "wants": [],
+        }  # fmt: skip
+        socket.send_fds(a, [json.dumps({"facts": facts}).encode()], [])
+        message, fds, _flags, _addr = socket.recv_fds(b, 1 << 16, 64)
+        monitor = Monitor.adopt(jsonfast.loads(message)["facts"], fds)
+        monitor._timeout()
+        os.close(kproc.pidfd_open(os.getpid()))
+        select.select([a.fileno(), b.fileno()], [], [], 0)
+    finally:
+        a.close()
+        b.close()
+
+
+def main(first: socket.socket, request: dict[str, Any] | None, starter: Starter | None = None) -> None:
+    """The monitor's body in a freshly forked process (see engine.host): its starter does the
+    start (`request`: which container, None if the starter reads it from `first`); then it
+    supervises. `starter`: one forked before (then it is in its session already)."""
+    if starter is None:
         os.setsid()
     kproc.set_name("stockade-mon")
     kproc.set_child_subreaper()
     for sig in (signals.SIGINT, signals.SIGHUP, signals.SIGPIPE):
         signals.set_handler(sig, signals.SIG_IGN)
-    Monitor(root, runroot, cid).run(first, ahead)
+    starter = starter or Starter()
+    starter.begin(first, request)
+    handed = starter.finish()
+    if handed is None:
+        if starter.request is not None:  # (else it died before it knew of a container)
+            root, runroot = Path(starter.request["root"]), Path(starter.request["runroot"])
+            with contextlib.suppress(StockadeError, OSError):
+                monitor = Monitor(root, runroot, Containers(root).load(starter.request["id"]))
+                monitor.clients.append(Client(first))
+                monitor._starter_died(monitor.ctr)
+                monitor._finish()
+        return
+    first.close()  # (handed back among the clients)
+    Monitor.adopt(*handed).supervise()

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -194,6 +193,8 @@ def _add_layer_uncompressed(tf: tarfile.TarFile, store: Store, layer: Descriptor
     # The uncompressed size is only known after decompressing: spool to a temp file.
     tmp = store.ingest / f"save-{os.getpid()}-{digest_hex(diff_id)[:12]}"
     try:
+        import hashlib  # (here, not at the top: see spec.image.sha256_digest)
+
         hasher = hashlib.sha256()
         with open(tmp, "w+b") as spool:
             with store.open_blob(layer.digest, "layer") as raw, decompressed(raw, compression) as stream:

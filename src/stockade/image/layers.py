@@ -9,7 +9,6 @@ for kernels without idmapped mounts live beside it in mapped-<map hash>.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from stockade.image.store import DigestMismatch, Store, atomic_write, file_lock
 from stockade.image.unpack import decompressed, unpack_tar
 from stockade.kernel import mounts
-from stockade.spec.image import LAYER_COMPRESSION, Descriptor, digest_hex
+from stockade.spec.image import LAYER_COMPRESSION, Descriptor, digest_hex, sha256_digest
 from stockade.spec.runtime import IDMapping
 
 
@@ -90,7 +89,7 @@ def layer_size(store: Store, diff_id: str) -> int | None:
 # Chowned copies for kernels (or filesystems) without idmapped mounts --------------------------
 def map_hash(uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> str:
     text = "u" + "".join(m.line() for m in uid_maps) + "g" + "".join(m.line() for m in gid_maps)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_digest(text.encode())[7:23]
 
 
 def shift_id(value: int, maps: list[IDMapping]) -> int:

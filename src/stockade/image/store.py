@@ -18,7 +18,6 @@ serialise on its lock and the second finds the work done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from stockade.spec.image import (
     parse_descriptor,
     parse_manifest,
     parse_reference,
+    sha256_digest,
 )
 
 REPO_DIGEST_ANNOTATION = "io.stockade.repo-digest"
@@ -126,12 +126,12 @@ class Store:
             data = self.blob_path(digest).read_bytes()
         except FileNotFoundError:
             raise ImageError(f"{what} {digest}: not in the store") from None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if sha256_digest(data) != digest:
             raise DigestMismatch(f"{what} {digest}: stored content does not match its digest (run image verify)")
         return data
 
     def put_bytes(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         if not self.has_blob(digest):
             self.write_blob(digest, len(data), [data])
         return digest
@@ -394,6 +394,8 @@ class Store:
     # Verification ----------------------------------------------------------------------------
     def verify(self) -> list[str]:
         """Re-hash every blob and check every named image is complete; returns the problems."""
+        import hashlib
+
         problems = []
         for path in sorted(self.blobs.iterdir()):
             hasher = hashlib.sha256()
@@ -439,6 +441,8 @@ def _stale_pull_hold(name: str) -> bool:
 
 def _spool(path: Path, chunks: Iterable[bytes]) -> tuple[Any, int]:
     """Write chunks to a new file, hashing them; fsynced before returning (hasher, size)."""
+    import hashlib  # (here, not at the top: see spec.image.sha256_digest)
+
     hasher = hashlib.sha256()
     size = 0
     with open(path, "wb") as out:

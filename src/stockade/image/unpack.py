@@ -17,7 +17,6 @@ trusted.overlay.opaque xattr on its directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -53,6 +52,8 @@ class HashingReader:
     """A read-only stream that hashes what passes through (the uncompressed tar -> diff_id)."""
 
     def __init__(self, raw: IO[bytes]) -> None:
+        import hashlib  # (here, not at the top: see spec.image.sha256_digest)
+
         self.raw = raw
         self.hasher = hashlib.sha256()
         self.count = 0

@@ -107,9 +107,10 @@ def default_bridge_name(root: Path) -> str:
     store), so that two stores never fight over one bridge."""
     if root == Path("/var/lib/stockade"):
         return DEFAULT_BRIDGE
-    import hashlib
 
-    return "stkb-" + hashlib.sha256(str(root).encode()).hexdigest()[:10]
+    from stockade.spec.image import sha256_digest
+
+    return "stkb-" + sha256_digest(str(root).encode())[7:17]
 
 
 class Networks:

@@ -136,11 +136,10 @@ def prepare_seccomp(config: Config, cache_dir: str | None = None) -> Seccomp | N
 
 
 def _cached_program(plan: SeccompPlan, profile: Any, cache_dir: str) -> bytes:
-    import hashlib
-
     from stockade.kernel import seccomp as ks
+    from stockade.spec.image import sha256_digest
 
-    key = hashlib.sha256(f"{os.uname().machine} {ks.library_version()} {profile!r}".encode()).hexdigest()[:40]
+    key = sha256_digest(f"{os.uname().machine} {ks.library_version()} {profile!r}".encode())[7:47]
     path = os.path.join(cache_dir, key)
     try:
         with open(path, "rb") as f:

@@ -7,7 +7,6 @@ converted to their OCI equivalents (same blobs, OCI media types), so the store h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -59,7 +58,16 @@ _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
 def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    """sha256:<hex> of a small document (a manifest, a config, a key), by the interpreter's
+    own SHA-256: hashlib's loads OpenSSL's libcrypto (~3 MB resident in the monitor host, a few
+    ms to load), worth it for streams (layers, blobs), which import hashlib where they hash."""
+    return "sha256:" + _small_sha256(data).hexdigest()
+
+
+try:
+    from _sha256 import sha256 as _small_sha256  # type: ignore[import-not-found]
+except ImportError:  # (an interpreter built without it)
+    from hashlib import sha256 as _small_sha256
 
 
 def check_digest(value: object, where: str) -> str:

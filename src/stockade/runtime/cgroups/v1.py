@@ -222,10 +222,11 @@ def _blkio_entries(path: str) -> list[dict[str, Any]]:
 
 def _inherit_cpuset(path: str) -> None:
     """A new v1 cpuset starts with empty cpus/mems and refuses tasks: copy them down from the
-    nearest ancestor that has them, into every level we may have just created."""
+    nearest ancestor that has them, into every level we may have just created. (Both are
+    checked: a parent another start is filling in may have its cpus and not yet its mems.)"""
     chain = []
     cur = path
-    while not read(os.path.join(cur, "cpuset.cpus")).strip():
+    while not all(read(os.path.join(cur, name)).strip() for name in ("cpuset.cpus", "cpuset.mems")):
         chain.append(cur)
         cur = os.path.dirname(cur)
     for directory in reversed(chain):
