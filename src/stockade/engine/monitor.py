@@ -2,15 +2,15 @@
 
 Forked by the monitor zygote (engine.host) into its own session; each start is done by its
 child, the starter (Starter), which:
-  1. reads the request and the container's record; opens the monitor's socket, takes the
-     first client, records "starting"                        - (the first start only)
+  1. reads the request and the container's record, takes the first client (its HELLO)
   2. mounts the root filesystem and volumes (in the runtime's create, idmapped by the
      container's user namespace)                               - stopped containers hold no mounts
   3. gives the container its stdio: pipes, or a pty whose master the monitor keeps
   4. reserves the published host ports (a conflict fails here, before anything runs)
   5. creates the container with the runtime in-process, joins it to its networks while it
      waits to be started (its network namespace exists, nothing runs yet), starts it
-  6. records "running", tells the clients, hands the monitor its descriptors and exits
+  6. opens the monitor's socket (the first start), records "running" and the monitor's pid,
+     tells the clients, hands the monitor its descriptors and exits
 The monitor then (Monitor.supervise):
   7. serves its socket: attach clients, stop/kill requests; copies output to the log
      and to attached clients; input from the client that attached stdin to the container
@@ -112,12 +112,14 @@ class Monitor:
 
     # -- the starter's half: a start (see Starter) -----------------------------------------------
     def start(self, first: socket.socket | None, opening: bool) -> tuple[dict[str, Any], list[int]]:
-        """Open (the first start: the monitor's socket, its first client, status "starting"),
-        then set the container up and start it. What the monitor takes over: (facts,
-        descriptors), see _take."""
+        """Set the container up and start it; on the first start (`opening`) take the first
+        client before (its terminal size is the container's from the start) and open the
+        monitor's socket after (beside the container's first steps: a command that comes
+        between finds no socket, and no monitor yet in the state either). What the monitor
+        takes over: (facts, descriptors), see _take."""
         ctr = self.ctr
-        if opening:
-            self._open(first)
+        if opening and first is not None:
+            self._add_client(first)
         self._open_mediator()  # before create: the runtime connects to it then
         try:
             self._choose_runtime()
@@ -131,6 +133,8 @@ class Monitor:
             ctr.save_state()
             self._tell_clients(stream.frame(stream.ERROR, exc.message.encode()))
             return self._handover()
+        if opening:
+            self._open()
         started = self.started
         ctr.state.update(
             Status="running", Pid=started.pid, StartTime=started.start_time, StartedAt=now_rfc3339(),
@@ -140,7 +144,7 @@ class Monitor:
         self._tell_clients(stream.json_frame(stream.STARTED, {"pid": started.pid}))
         return self._handover()
 
-    def _open(self, first: socket.socket | None) -> None:
+    def _open(self) -> None:
         ctr = self.ctr
         os.chdir(ctr.dir)
         with contextlib.suppress(FileNotFoundError):
@@ -148,17 +152,14 @@ class Monitor:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind("monitor.sock")  # relative: container paths can exceed sun_path
         self.listener.listen(16)
-        if first is not None:
-            self._add_client(first)
         # The log exists from the start (`logs -f` follows it), though the monitor opens it
         # only at the first output.
         os.close(os.open(ctr.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
         monitor = os.getppid()  # (the starter's parent: see Starter)
-        ctr.state.update(
-            Status="starting", MonitorPid=monitor, MonitorStartTime=kproc.proc_start_time(monitor) or 0,
-            Error="", RestartCount=0,  # a manual start resets the count, as Docker's does
+        ctr.state.update(  # (saved with "running")
+            MonitorPid=monitor, MonitorStartTime=kproc.proc_start_time(monitor) or 0,
+            RestartCount=0,  # a manual start resets the count, as Docker's does
         )  # fmt: skip
-        ctr.save_state()
 
     def _set_up(self) -> Any:
         try:
