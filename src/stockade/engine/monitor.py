@@ -109,6 +109,7 @@ class Monitor:
         self.notify_fds: set[int] = set()
         self.started: Any = None  # engine.oci.Started of the running init
         self.failed = False  # the last start failed
+        self.exited: int | None = None  # the init's exit status, if its starter saw it exit
 
     # -- the starter's half: a start (see Starter) -----------------------------------------------
     def start(self, first: socket.socket | None, opening: bool) -> tuple[dict[str, Any], list[int]]:
@@ -191,9 +192,24 @@ class Monitor:
                        "Config": {k: ctr.record["Config"].get(k) for k in MONITOR_CONFIG}},
             "state": ctr.state, "mounted": self.mounted, "failed": self.failed,
             "started": [started.pid, started.start_time, started.cgroup_paths] if started else None,
+            "exited": self._exited_already(),
             "roles": [role for role, _ in kept], "wants": [c.wants for c in self.clients],
         }  # fmt: skip
         return facts, [fd for _, fd in kept]
+
+    def _exited_already(self) -> int | None:
+        """The init's exit status if it is gone already (a short command), reaped here, where
+        it is still a child: the monitor then goes on without waiting for this starter to exit
+        (~1 ms) nor watching the init."""
+        if self.started is None or self.external is not None:
+            return None
+        try:
+            got, status = os.waitpid(self.started.pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got != self.started.pid:
+            return None
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
     def _tell_clients(self, message: bytes) -> None:
         for client in self.clients:
@@ -219,6 +235,7 @@ class Monitor:
         self.failed = bool(facts["failed"])
         started = facts["started"]
         self.started = Started(self.ctr.id, *started) if started else None
+        self.exited = facts["exited"]
         wants = iter(facts["wants"])
         for role, fd in zip(facts["roles"], fds, strict=True):
             if role == "master":
@@ -274,6 +291,7 @@ class Monitor:
         starter = Starter()
         starter.begin(None, {"root": str(self.root), "runroot": str(self.runroot), "id": self.ctr.id})
         handed = starter.finish()
+        starter.reap()
         if handed is None:
             self._starter_died(self.ctr)
             return
@@ -564,7 +582,16 @@ class Monitor:
     # -- the event loop ------------------------------------------------------------------------
     def _serve_until_exit(self, state: Any) -> int:
         self.pid = state.pid
-        pidfd = kproc.pidfd_open(state.pid)
+        code, self.exited = self.exited, None
+        if code is None:
+            code = self._serve_until_reaped(state.pid)
+        self._drain()
+        self._close_stdio()
+        self.kill_deadline = None
+        return code
+
+    def _serve_until_reaped(self, pid: int) -> int:
+        pidfd = kproc.pidfd_open(pid)
         code: int | None = None
         try:
             while code is None:
@@ -572,12 +599,9 @@ class Monitor:
                 if self.kill_deadline is not None and time.monotonic() >= self.kill_deadline:
                     self._signal(signals.SIGKILL)
                     self.kill_deadline = None
-                code = self._reap(state.pid)
+                code = self._reap(pid)
         finally:
             os.close(pidfd)
-        self._drain()
-        self._close_stdio()
-        self.kill_deadline = None
         return code
 
     def _serve_for(self, seconds: float) -> bool:
@@ -866,9 +890,12 @@ class Starter:
                     continue
                 handed = facts["facts"], fds
         self.dismiss()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)  # once it is gone, the init is our child
         return handed
+
+    def reap(self) -> None:
+        """Wait for it to be gone: then the init, if it was the starter's child, is ours."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
     def dismiss(self) -> None:
         """Close our end: a starter not told to start exits."""
@@ -928,7 +955,7 @@ def rehearse() -> None:
         facts = {
             "root": "/", "runroot": "/", "dir": "/", "record": {"Id": "0" * 64, "Name": "/rehearsal",
             "HostConfig": {"RestartPolicy": {"Name": "no"}, "AutoRemove": False}, "Config": {}},
-            "state": {"Status": "running"}, "mounted": [], "failed": False, "started": [0, 0, {}],
+            "state": {"Status": "running"}, "mounted": [], "failed": False, "started": [0, 0, {}], "exited": None,
             "roles": [], "wants": [],
         }  # fmt: skip
         socket.send_fds(a, [json.dumps({"facts": facts}).encode()], [])
@@ -955,6 +982,8 @@ def main(first: socket.socket, request: dict[str, Any] | None, starter: Starter 
     starter = starter or Starter()
     starter.begin(first, request)
     handed = starter.finish()
+    if handed is None or handed[0]["exited"] is None:
+        starter.reap()  # (else the init is gone already, reaped by the starter: no need to wait)
     if handed is None:
         if starter.request is not None:  # (else it died before it knew of a container)
             root, runroot = Path(starter.request["root"]), Path(starter.request["runroot"])
@@ -966,3 +995,4 @@ def main(first: socket.socket, request: dict[str, Any] | None, starter: Starter 
         return
     first.close()  # (handed back among the clients)
     Monitor.adopt(*handed).supervise()
+    starter.reap()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -215,7 +216,12 @@ def _rmdir_quiet(path: str) -> None:
 
 
 def _remove_tree(path: str, deadline: float) -> None:
-    """rmdir children first; a cgroup directory is removable once its tasks are reaped."""
+    """rmdir children first; a cgroup directory is removable once its tasks are reaped. (Its
+    control files do not count: without child cgroups, one rmdir does, and the walk through
+    its ~30 files is spared, ~0.1 ms per hierarchy.)"""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+        return
     if not os.path.isdir(path):
         return
     for dirpath, dirs, _files in os.walk(path, topdown=False):
