@@ -330,3 +330,19 @@ def test_keep_id_is_refused_for_root(tmp_path: Path) -> None:
     done = subprocess.run([stockade, "--root", str(tmp_path / "root"), "run", "--rm", "--userns", "keep-id", "busybox", "true"],
                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert done.returncode == 125 and "keep-id is for rootless containers" in done.stderr
+
+
+def test_rootless_another_oci_runtime(user: User) -> None:
+    """--runtime runc for a normal user: runc runs in the user's rootless namespace, as our own
+    runtime does (its cgroups skipped: the user owns none)."""
+    out = user("run", "--rm", "--network", "none", "--runtime", "runc", "busybox", "sh", "-c",
+               "echo via-runc; id -u", check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["via-runc", "0"]
+    user("run", "-d", "--name", "viarunc", "--network", "none", "--runtime", "runc", "busybox", "sleep", "60")
+    assert user.inspect("viarunc")["State"]["Running"]
+    assert user("exec", "viarunc", "echo", "in").stdout.strip() == "in"
+    user("stop", "-t", "1", "viarunc")
+    assert user.inspect("viarunc")["State"]["Status"] == "exited"
+    user("rm", "viarunc")
+    assert user("ps", "-aq").stdout.strip() == ""
