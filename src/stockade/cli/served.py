@@ -140,6 +140,10 @@ def rehearse() -> None:
     from stockade.engine.plan import container_config
     from stockade.spec.image import parse_config
 
+    _new_stdio()  # (over the spare's own /dev/null: the command's replace them)
+    env = dict(os.environb)
+    os.environb.clear()
+    os.environb.update(env)
     args = create_parser(run=True).parse_args(["--rm", "--network", "none", "image", "true"])
     image = parse_config({"rootfs": {"type": "layers", "diff_ids": []}, "config": {"Cmd": ["sh"]}}, "rehearsal")
     config = container_config(image, _request(args).run, IDMap(1 << 20, 1 << 20, 65536), dict(os.environ))

@@ -221,7 +221,7 @@ def _make_bundle(root: Path, store: Store, image: Image, ctr: Container, req: Cr
     if req.init and not os.path.exists(HOST_INIT):
         raise PlanError(f"--init needs {HOST_INIT} (Debian package catatonit)")
     idmap = _id_map(root, ctr.id, req)
-    store.hold(HOLD_PREFIX + ctr.id, image.manifest_digest)
+    store.hold(HOLD_PREFIX + ctr.id, image.manifest_digest, durable=ctr.durable)
     passwd = group = ""
     if req.run.user or image.config.user:  # only -u/USER need the image's user database
         passwd, group = image_file(store, image, "/etc/passwd"), image_file(store, image, "/etc/group")

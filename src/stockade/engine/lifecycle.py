@@ -66,10 +66,11 @@ def cleanup_runtime(root: Path, ctr: Container) -> None:
 
         with contextlib.suppress(StockadeError, OSError):
             networking.detach(root, runroot_for(root), ctr)
-    for target in mounts_under(ctr.dir):
+    mounted = mounts_under(ctr.dir)
+    for target in mounted:
         with contextlib.suppress(OSError):
             mounts.umount2(target, mounts.MNT_DETACH)
-    if mounts_under(ctr.dir):
+    if mounted and mounts_under(ctr.dir):
         raise EngineError(f"container {ctr.name}: {mounts_under(ctr.dir)[0]} is still mounted")
 
 

@@ -95,6 +95,8 @@ class Store:
 
     # Layout ----------------------------------------------------------------------------------
     def init(self) -> Store:
+        if self.index_path.exists():  # (made last: a store made before, ~10 syscalls spared)
+            return self
         for d in (self.blobs, self.ingest, self.layers, self.holds, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -314,10 +316,11 @@ class Store:
         return digest, manifest
 
     # Holds: what containers use -------------------------------------------------------------
-    def hold(self, holder: str, manifest_digest: str) -> None:
+    def hold(self, holder: str, manifest_digest: str, durable: bool = True) -> None:
+        """`durable`: fsync'd (not for an --rm container's hold, gone with it)."""
         _check_holder(holder)
         with self.index_lock():  # so a collection in progress either sees it or is over
-            atomic_write(self.holds / holder, json.dumps({"manifest": manifest_digest}).encode())
+            atomic_write(self.holds / holder, json.dumps({"manifest": manifest_digest}).encode(), durable=durable)
 
     def release(self, holder: str) -> None:
         _check_holder(holder)
