@@ -182,7 +182,7 @@ def _fork_host(listener: socket.socket, runroot: Path) -> None:
         os._exit(0)
 
 
-# What every monitor (and its set-up child) runs, imported once in the host: the forks then
+# What every monitor (and its starter) runs, imported once in the host: the forks then
 # share these pages. (Names, not import statements: a linter would drop imports "unused".)
 # None of them, nor the command modules the host imports (the CLI's warm_up), may import
 # threading (subprocess does), random (secrets, tempfile do) or logging at the top: their

@@ -365,7 +365,7 @@ class Monitor:
             delete_trash(trash)
 
     def _choose_runtime(self) -> None:
-        """Another OCI runtime (--runtime), found once here: the set-up child and this monitor
+        """Another OCI runtime (--runtime), found once here: the starter and this monitor
         (signals, delete) both drive it."""
         runtime = self.ctr.record["HostConfig"].get("Runtime") or "stockade"
         if runtime == "stockade" or self.external is not None:
