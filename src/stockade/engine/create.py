@@ -122,14 +122,14 @@ def create(root: Path, req: CreateRequest) -> Container:
         cid = _unused_id(containers)
         cdir = containers.dir / cid
         cdir.mkdir(mode=0o711)
-        record = _record(cid, name, image, image_name, req)
-        write_json(cdir / "container.json", record, not req.auto_remove)
+        ctr = Container(cdir, _record(cid, name, image, image_name, req), {"Status": "created"})
+        ctr.save_record()
     try:
-        _make_bundle(root, store, image, Container(cdir, record, {}), req)
+        _make_bundle(root, store, image, ctr, req)
     except BaseException:
         remove_leftovers(root, cid)
         raise
-    return containers.load(cid)
+    return ctr
 
 
 def _unused_id(containers: Containers) -> str:

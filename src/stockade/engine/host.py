@@ -229,18 +229,15 @@ def serve(listener: socket.socket) -> None:
         not_for_child = [listener, zygote_end, *(c for c, _ in clients.values())]
         busy = time.monotonic() - last < SPARE_SECONDS
         if spare is not None and not busy:
-            poller.unregister(spare.sock)
             spare.dismiss()
             spare = None
         if spare is None and busy and _cli_handler is not None:
-            spare = _SpareWorker(not_for_child)
+            spare = _SpareWorker(not_for_child, poller)
             children.add(spare.pid)
-            poller.register(spare.sock, select.POLLIN)  # (it says when it is ready)
         events = dict(poller.poll(1000))
         children -= _reaped(children)
         if spare is not None and spare.sock.fileno() in events and not spare.heard_ready():
-            poller.unregister(spare.sock)  # (gone: killed by someone)
-            spare.dismiss()
+            spare.dismiss()  # (gone: killed by someone)
             spare = None
         for fd in [fd for fd in events if fd in clients]:  # (only hang-ups are asked for)
             conn, worker = clients.pop(fd)
@@ -251,7 +248,6 @@ def serve(listener: socket.socket) -> None:
                 conn, _ = listener.accept()
                 pid, is_cli = _spawn(conn, not_for_child, spare)
                 if spare is not None and pid == spare.pid:  # (the next one is forked at the top)
-                    poller.unregister(spare.sock)
                     spare.dismiss()
                     spare = None
                 if pid:
@@ -280,7 +276,7 @@ class _SpareWorker:
     before that gets a worker forked afresh), waits for the client's connection, handed to it
     as a descriptor, and exits when its socket closes without one."""
 
-    def __init__(self, not_for_child: list[socket.socket]) -> None:
+    def __init__(self, not_for_child: list[socket.socket], poller: select.poll) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the spare
@@ -295,6 +291,8 @@ class _SpareWorker:
         theirs.close()
         self.sock = ours
         self.ready = False  # (until it has rehearsed: a command would wait for that)
+        self.poller = poller
+        poller.register(ours, select.POLLIN)  # (it says when it is ready)
 
     def heard_ready(self) -> bool:
         """Its word that it is ready; False if it is gone instead."""
@@ -313,6 +311,8 @@ class _SpareWorker:
             return False
 
     def dismiss(self) -> None:
+        """Close our end: it exits."""
+        self.poller.unregister(self.sock)
         self.sock.close()
 
 

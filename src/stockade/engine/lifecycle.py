@@ -70,8 +70,9 @@ def cleanup_runtime(root: Path, ctr: Container) -> None:
     for target in mounted:
         with contextlib.suppress(OSError):
             mounts.umount2(target, mounts.MNT_DETACH)
-    if mounted and mounts_under(ctr.dir):
-        raise EngineError(f"container {ctr.name}: {mounts_under(ctr.dir)[0]} is still mounted")
+    left = mounts_under(ctr.dir) if mounted else []
+    if left:
+        raise EngineError(f"container {ctr.name}: {left[0]} is still mounted")
 
 
 def mounts_under(directory: Path) -> list[str]:

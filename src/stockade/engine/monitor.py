@@ -82,6 +82,11 @@ def start_failed(exc: StockadeError | OSError) -> StartFailed:
     return StartFailed(message, code)
 
 
+def _exit_code(status: int) -> int:
+    """A wait status as the container's exit code: its own, or 128 + the killing signal."""
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
 def _proxy_master(proxy: Any) -> int:
     proxy.receive_master()
     return int(proxy.master)
@@ -207,9 +212,7 @@ class Monitor:
             got, status = os.waitpid(self.started.pid, os.WNOHANG)
         except ChildProcessError:
             return None
-        if got != self.started.pid:
-            return None
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        return _exit_code(status) if got == self.started.pid else None
 
     def _tell_clients(self, message: bytes) -> None:
         for client in self.clients:
@@ -293,7 +296,7 @@ class Monitor:
         handed = starter.finish()
         starter.reap()
         if handed is None:
-            self._starter_died(self.ctr)
+            self._starter_died()
             return
         facts, fds = handed
         clients, self.clients = self.clients, []
@@ -304,9 +307,9 @@ class Monitor:
         else:
             self._tell_clients(stream.json_frame(stream.STARTED, {"pid": self.started.pid}))
 
-    def _starter_died(self, ctr: Container) -> None:
+    def _starter_died(self) -> None:
         """Its starter died (killed?) midway: what it may have made goes."""
-        self.ctr = ctr
+        ctr = self.ctr
         self.failed = True
         self._choose_runtime_quietly()
         self._runtime_delete()
@@ -318,8 +321,12 @@ class Monitor:
         self._tell_clients(stream.frame(stream.ERROR, message.encode()))
 
     def _read_record(self) -> None:
+        """The whole record, for the teardown (a monitor keeps only MONITOR_HOST_CONFIG and
+        MONITOR_CONFIG of it while the container runs); read once."""
         from stockade.engine.containers import RECORD, read_json
 
+        if "ImageManifest" in self.ctr.record:  # (not one of the fields handed over)
+            return
         with contextlib.suppress(OSError, ValueError):
             self.ctr.record = read_json(self.ctr.dir / RECORD)
 
@@ -628,7 +635,7 @@ class Monitor:
             if got == 0:
                 return code
             if got == pid:
-                code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+                code = _exit_code(status)
 
     def _poll(self, extra: list[int], timeout: float | None) -> None:
         fds = [*self.outputs, *extra, *self.notify_fds]
@@ -990,7 +997,7 @@ def main(first: socket.socket, request: dict[str, Any] | None, starter: Starter 
             with contextlib.suppress(StockadeError, OSError):
                 monitor = Monitor(root, runroot, Containers(root).load(starter.request["id"]))
                 monitor.clients.append(Client(first))
-                monitor._starter_died(monitor.ctr)
+                monitor._starter_died()
                 monitor._finish()
         return
     first.close()  # (handed back among the clients)

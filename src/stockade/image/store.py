@@ -274,7 +274,8 @@ class Store:
     def lookup(self, text: str) -> Image:
         """An image by name (busybox, busybox:1, docker.io/library/busybox@sha256:..), ID or ID prefix."""
         candidate = text.removeprefix("sha256:")
-        if not (len(candidate) >= 4 and all(c in "0123456789abcdef" for c in candidate)):
+        by_id = len(candidate) >= 4 and all(c in "0123456789abcdef" for c in candidate)
+        if not by_id:
             ref = parse_reference(text)
             if not ref.digest:  # by name: from index.json, only the image found is read
                 for digest, (names, repo_digests) in self._listed().items():
@@ -282,7 +283,7 @@ class Store:
                         return self._build(digest, names, repo_digests)
                 raise ImageError(f"{text}: image not known (pull it first)")
         images = self.images()
-        if len(candidate) >= 4 and all(c in "0123456789abcdef" for c in candidate):
+        if by_id:
             hits = [
                 i
                 for i in images

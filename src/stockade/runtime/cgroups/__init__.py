@@ -127,9 +127,10 @@ def prime_migration() -> None:
     already in, every 2 ms until end_priming(). Why: the first migration after a quiet spell
     waits for an RCU grace period (~7-10 ms here: the kernel puts cgroup_threadgroup_rwsem's
     readers on their slow path, and lets them back only a grace period after the last
-    migration). Started once the container's cgroup is made, the wait runs beside the mounts
-    and the namespaces, and the init's join finds the way clear (measured: 9 ms -> ~0.5). Once
-    per process; errors (no cgroups, rootless) are ignored."""
+    migration). Started as soon as a start is known (`run` in the engine; the cgroup's creation
+    in `stockade-runtime create`), the wait runs beside the create, the mounts and the
+    namespaces, and the init's join finds the way clear (measured: 9 ms -> ~0.3). Once per
+    process; errors (no cgroups, rootless) are ignored."""
     if _priming:
         return
     _priming.append(True)
