@@ -17,7 +17,6 @@ from stockade.cli.common import UsageError, _go_template, _Parser, each, print_d
 from stockade.cli.format import human_ago, parse_time, table
 from stockade.engine.containers import Container, Containers, EngineError
 from stockade.errors import StockadeError
-from stockade.runtime.cgroups import end_priming, prime_migration
 
 
 class CommandFailed(StockadeError):
@@ -185,9 +184,6 @@ def cmd_run(root: Path, argv: list[str]) -> int:
         )
     if args.detach and args.rm and args.restart not in ("no", ""):
         raise UsageError("--rm and --restart cannot be used together")
-    # The init joins its cgroup ~25 ms from now: the kernel's wait for that (~8 ms, see
-    # prime_migration) runs beside the create from here; it ends once the container started.
-    prime_migration()
     ctr = _create(root, args)
     if args.detach:
         _start_detached(root, ctr)
@@ -205,8 +201,6 @@ def _start_detached(root: Path, ctr: Container) -> None:
             lifecycle.await_start(sock, stream.FrameReader())
         except lifecycle.StartFailed as exc:
             raise CommandFailed(str(exc), _start_code(ctr)) from None
-        finally:
-            end_priming()
 
 
 def _start_code(ctr: Container) -> int:
@@ -230,8 +224,6 @@ def _start_attached(root: Path, ctr: Container, stdin: bool, detach_keys: str | 
             _pid, pending = lifecycle.await_start(sock, reader)
         except lifecycle.StartFailed as exc:
             raise CommandFailed(str(exc), _start_code(ctr)) from None
-        finally:
-            end_priming()
         code = Session(sock, reader, stdin, tty, keys).run(pending)
     if code == DETACHED:
         return 0

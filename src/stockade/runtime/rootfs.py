@@ -92,33 +92,53 @@ def ensure_target(rootfd: int, path: str, directory: bool, _depth: int = 0) -> i
     if _depth > 40:
         raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
     parts = [p for p in path.split("/") if p]
-    parent = os.dup(rootfd)
+    # Usually the whole path exists (one openat2), else most of it: start from the deepest
+    # part that does, and make the rest one component at a time.
+    found = len(parts)
+    while found > 0:
+        try:
+            parent = open_in_root(rootfd, "/".join(parts[:found]))
+            break
+        except FileNotFoundError:
+            found -= 1
+    else:
+        parent = os.dup(rootfd)
+    redirect = None
     try:
-        for i, part in enumerate(parts):
-            prefix = "/".join(parts[: i + 1])
-            last = i == len(parts) - 1
+        for i in range(found, len(parts)):
+            part = parts[i]
             try:
-                fd = open_in_root(rootfd, prefix)
-            except FileNotFoundError:
-                try:
-                    if last and not directory:
-                        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                        os.close(os.open(part, flags, 0o644, dir_fd=parent))
-                    else:
-                        os.mkdir(part, 0o755, dir_fd=parent)
-                except FileExistsError:
-                    # A dangling symlink: create what it points to, inside the root.
-                    link = os.readlink(part, dir_fd=parent)
-                    base = "/" + "/".join(parts[:i])
-                    resolved = os.path.normpath(os.path.join(base, link))
-                    rest = "/".join(parts[i + 1 :])
-                    return ensure_target(rootfd, os.path.join(resolved, rest), directory, _depth + 1)
-                fd = open_in_root(rootfd, prefix)
+                if i == len(parts) - 1 and not directory:
+                    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(part, flags, 0o644, dir_fd=parent))
+                else:
+                    os.mkdir(part, 0o755, dir_fd=parent)
+            except FileExistsError:
+                link = _link_target(parent, part)
+                if link is not None:  # a dangling symlink: create what it points to, inside the root
+                    resolved = os.path.normpath(os.path.join("/" + "/".join(parts[:i]), link))
+                    redirect = os.path.join(resolved, "/".join(parts[i + 1 :]))
+                    break
+            fd = open_in_root(rootfd, "/".join(parts[: i + 1]))
             os.close(parent)
             parent = fd
-        return os.dup(parent)
-    finally:
+    except BaseException:
         os.close(parent)
+        raise
+    if redirect is not None:
+        os.close(parent)
+        return ensure_target(rootfd, redirect, directory, _depth + 1)
+    return parent
+
+
+def _link_target(parent: int, name: str) -> str | None:
+    """What the symlink `name` points to; None if it is no symlink (made meanwhile)."""
+    try:
+        return os.readlink(name, dir_fd=parent)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return None
+        raise
 
 
 # -- before pivot_root --------------------------------------------------------------------

@@ -10,6 +10,7 @@ state (SCM_RIGHTS), as the runtime spec describes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -139,7 +140,8 @@ def _cached_program(plan: SeccompPlan, profile: Any, cache_dir: str) -> bytes:
     from stockade.kernel import seccomp as ks
     from stockade.spec.image import sha256_digest
 
-    key = sha256_digest(f"{os.uname().machine} {ks.library_version()} {profile!r}".encode())[7:47]
+    # ("tree": programs cached before _prefer_binary_tree are not reused.)
+    key = sha256_digest(f"{os.uname().machine} {ks.library_version()} tree {profile!r}".encode())[7:47]
     path = os.path.join(cache_dir, key)
     try:
         with open(path, "rb") as f:
@@ -203,6 +205,7 @@ def compile_filter(plan: SeccompPlan) -> Any:
         raise ContainerError(f"linux.seccomp: {e.strerror}") from None
     try:
         seccomp_filter.set_attr(ks.SCMP_FLTATR_CTL_NNP, 0, "seccomp: leave no_new_privs to the runtime")
+        _prefer_binary_tree(seccomp_filter)
         _add_architectures(seccomp_filter, plan)
         _set_flags(seccomp_filter, plan)
         for rule in plan.rules:
@@ -241,6 +244,19 @@ def _set_flags(seccomp_filter: Any, plan: SeccompPlan) -> None:
             seccomp_filter.set_attr(attrs[flag], 1, flag)
         except OSError:
             print(f"stockade-runtime: warning: {flag} is not supported by this libseccomp, ignored", file=sys.stderr)
+
+
+def _prefer_binary_tree(seccomp_filter: Any) -> None:
+    """Rules as a binary search tree on the syscall number rather than libseccomp's default
+    list. Same verdicts; but the kernel, when it attaches a filter, runs it for every syscall
+    number to find those it always allows (its action cache), and a list of ~300 syscalls costs
+    that ~0.9 ms at each container's start, a tree ~0.3 (measured here with Docker's default
+    profile); each syscall in the container is checked in ~9 comparisons instead of up to 300.
+    An older libseccomp without the option builds the list."""
+    from stockade.kernel import seccomp as ks
+
+    with contextlib.suppress(OSError):
+        seccomp_filter.set_attr(ks.SCMP_FLTATR_CTL_OPTIMIZE, 2, "seccomp: binary tree")
 
 
 def _add_rule(seccomp_filter: Any, rule: Any, default: int) -> None:

@@ -85,13 +85,14 @@ class State:
         }
 
     def save(self) -> None:
-        """Write state.json atomically: a temp file in the same directory, fsync, rename."""
+        """Write state.json atomically: a temp file in the same directory, renamed. Not synced
+        (as runc's): a runtime's state describes processes, which a machine's crash ends too;
+        its fsync cost every start ~0.6 ms where the state root is not a tmpfs."""
         path = os.path.join(self.dir, STATE_FILE)
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, jsonfast.dumps(self.to_json()).encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)

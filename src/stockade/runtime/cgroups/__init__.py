@@ -122,21 +122,32 @@ _priming: list[bool] = []  # [still wanted], once priming has started in this pr
 PRIMING_CAP = 0.2  # seconds: a set-up that takes longer than this pays the wait
 
 
-def prime_migration() -> None:
+def prime_migration(layout: Layout, own: dict[str, str]) -> None:
     """Start, in a thread, migrations that move nothing: this process into the cgroup it is
-    already in, every 2 ms until end_priming(). Why: the first migration after a quiet spell
+    already in (`own`), every 5 ms until end_priming(). Why: the first migration after a quiet spell
     waits for an RCU grace period (~7-10 ms here: the kernel puts cgroup_threadgroup_rwsem's
     readers on their slow path, and lets them back only a grace period after the last
-    migration). Started as soon as a start is known (`run` in the engine; the cgroup's creation
-    in `stockade-runtime create`), the wait runs beside the create, the mounts and the
-    namespaces, and the init's join finds the way clear (measured: 9 ms -> ~0.3). Once per
-    process; errors (no cgroups, rootless) are ignored."""
+    migration; measured, later migrations stay fast for 20-50 ms). Started once the cgroup is
+    made (`stockade-runtime create`), the wait runs beside the namespaces and the mounts, and
+    the init's join finds the way clear (measured: 9 ms -> ~0.3). Not sooner: the write waits
+    holding cgroup_mutex, and every cgroup mkdir on the machine waits with it (started with
+    `run`, it made the mkdirs take 3-26 ms instead of 1). The file is opened here, so that the
+    thread's first act is the write (it waited ~3 ms for the interpreter's lock to read
+    mountinfo itself). Once per process; errors (no cgroups, rootless) are ignored."""
     if _priming:
         return
     _priming.append(True)
+    hierarchy = "" if layout.unified and "" in own else next((h for h in layout.v1 if h in own), None)
+    if hierarchy is None:
+        return
+    mount = layout.unified if hierarchy == "" else layout.v1[hierarchy]
+    try:
+        fd = os.open(os.path.join(str(mount), own[hierarchy].lstrip("/"), "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
     import _thread
 
-    _thread.start_new_thread(_migrate_self_until_ended, ())
+    _thread.start_new_thread(_migrate_self_until_ended, (fd,))
 
 
 def end_priming() -> None:
@@ -144,27 +155,19 @@ def end_priming() -> None:
         _priming[0] = False
 
 
-def _migrate_self_until_ended() -> None:
+def _migrate_self_until_ended(fd: int) -> None:
     import time
 
+    pid = str(os.getpid()).encode()
     try:
-        layout = detect_layout()
-        own = own_cgroups()
-        hierarchy = "" if layout.unified and "" in own else next((h for h in layout.v1 if h in own), None)
-        if hierarchy is None:
-            return
-        mount = layout.unified if hierarchy == "" else layout.v1[hierarchy]
-        procs = os.path.join(str(mount), own[hierarchy].lstrip("/"), "cgroup.procs")
-        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            deadline = time.monotonic() + PRIMING_CAP
-            while _priming[0] and time.monotonic() < deadline:
-                os.write(fd, str(os.getpid()).encode())
-                time.sleep(0.002)
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
+        deadline = time.monotonic() + PRIMING_CAP
+        while _priming[0] and time.monotonic() < deadline:
+            os.write(fd, pid)
+            time.sleep(0.005)
+    except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def manager_for(layout: Layout) -> type[Manager]:
