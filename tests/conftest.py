@@ -5,6 +5,7 @@ RUNTIME=/usr/bin/crun (or runc) runs the same integration tests against a peer r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -245,6 +246,24 @@ def _processes_rooted_under(path: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def _stockade_parents() -> set[str]:
+    """The parent cgroups containers are made under by default (one per hierarchy)."""
+    base = "/sys/fs/cgroup"
+    candidates = [os.path.join(base, "stockade")] + [os.path.join(base, h, "stockade") for h in os.listdir(base)]
+    return {p for p in candidates if os.path.isdir(p)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def removes_parent_cgroups() -> Any:
+    """The runtime keeps its parent cgroup (/stockade) as Docker keeps /docker; the session
+    removes those it made, to leave the machine as it found it."""
+    before = _stockade_parents() if IS_ROOT else set()
+    yield
+    for path in sorted(_stockade_parents() - before if IS_ROOT else set()):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 @pytest.fixture(autouse=True)

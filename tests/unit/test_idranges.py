@@ -61,3 +61,28 @@ def test_concurrent_allocations_never_collide(tmp_path: Path) -> None:
 def test_malformed_subid_names_the_line() -> None:
     with pytest.raises(IDRangeError, match=r"/etc/subuid:2: malformed line 'bad line'"):
         parse_subid("ok:1:2\nbad line\n", "/etc/subuid")
+
+
+def test_slices_recorded_in_idranges_json_are_adopted(tmp_path: Path) -> None:
+    alloc = allocator(tmp_path, "stockade:2000000:655360\n", "stockade:2000000:655360\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "idranges.json").write_text('{"old": 0, "older": 2}')
+    assert alloc.allocate("new").uid_start == 2000000 + SLICE  # (0 and 2 are taken)
+    assert alloc.in_use() == {"old": 0, "older": 2, "new": 1}
+    assert not (tmp_path / "state" / "idranges.json").exists()
+    alloc.release("old")
+    assert alloc.allocate("x").uid_start == 2000000
+
+
+def test_a_slice_without_its_owner_link_is_found_on_release(tmp_path: Path) -> None:
+    alloc = allocator(tmp_path, "stockade:2000000:655360\n", "stockade:2000000:655360\n")
+    alloc.allocate("a")
+    os.unlink(tmp_path / "state" / "idslots" / "owner-a")  # (a crash between a claim's two links)
+    alloc.release("a")
+    assert alloc.in_use() == {}
+
+
+def test_owner_names_are_checked(tmp_path: Path) -> None:
+    alloc = allocator(tmp_path, "stockade:2000000:655360\n", "stockade:2000000:655360\n")
+    with pytest.raises(IDRangeError, match="not a valid name"):
+        alloc.allocate("../x")

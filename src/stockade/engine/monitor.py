@@ -286,7 +286,8 @@ class Monitor:
         self._close_mediator()
         self._unmount()
         ctr.state.update(Status="exited", ExitCode=code, OOMKilled=oom, FinishedAt=now_rfc3339(), Pid=0)
-        ctr.save_state()
+        if not ctr.record["HostConfig"].get("AutoRemove"):  # (else saved only if its removal fails)
+            ctr.save_state()
         return code
 
     def _start_again(self) -> None:
@@ -352,8 +353,11 @@ class Monitor:
         if ctr.record["HostConfig"].get("AutoRemove"):
             from stockade.engine.lifecycle import unregister
 
-            with contextlib.suppress(Exception):
+            try:
                 trash = unregister(self.root, ctr, volumes=True)
+            except Exception:
+                with contextlib.suppress(OSError):
+                    ctr.save_state()  # (left behind: as exited)
         exit_msg = stream.json_frame(
             stream.EXIT, {"code": ctr.state.get("ExitCode", 0), "oom": ctr.state.get("OOMKilled", False)}
         )

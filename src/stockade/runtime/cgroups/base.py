@@ -108,7 +108,10 @@ class Manager:
                 pass
 
     def destroy(self, timeout: float = 5.0) -> None:
-        """Kill what is left and remove every directory; empty parents we made go too."""
+        """Kill what is left and remove every directory. The parent (/stockade by default)
+        stays, as Docker's /docker does: removed with the last container, it had to be made
+        again (and its cpuset filled) at every next start, and its rmdir raced with a
+        concurrent start's mkdir under it."""
         deadline = time.monotonic() + timeout
         while True:
             pids = self.pids()
@@ -122,7 +125,6 @@ class Manager:
             time.sleep(0.01)
         for path in self.paths.values():
             _remove_tree(path, deadline)
-            _remove_empty_parent(path)
 
 
 # linux.resources fields neither driver applies yet (issue 4 has the rest of the work).
@@ -237,10 +239,3 @@ def _remove_tree(path: str, deadline: float) -> None:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise ContainerError(f"cgroup: remove {path}: {os.strerror(e.errno or 0)}") from None
             time.sleep(0.01)
-
-
-def _remove_empty_parent(path: str) -> None:
-    """Remove the default parent (…/stockade) when the last container under it is gone."""
-    parent = os.path.dirname(path)
-    if os.path.basename(parent) == "stockade":
-        _rmdir_quiet(parent)
