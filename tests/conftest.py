@@ -218,21 +218,22 @@ def _mounts_under(path: str) -> list[str]:
         return [line for line in f if path in line]
 
 
-def _stockade_cgroups() -> list[str]:
-    found = []
+def _stockade_parents() -> set[str]:
+    """The parent cgroups containers are made under by default (one per hierarchy)."""
     base = "/sys/fs/cgroup"
-    if os.path.isdir(os.path.join(base, "stockade")):  # cgroup v2: one hierarchy at the base
-        found.extend(
-            os.path.join(base, "stockade", d)
-            for d in os.listdir(os.path.join(base, "stockade"))
-            if os.path.isdir(os.path.join(base, "stockade", d))
-        )
-    for hierarchy in os.listdir(base):
-        for name in ("stockade",):
-            path = os.path.join(base, hierarchy, name)
-            if os.path.isdir(path):
-                found.extend(os.path.join(path, d) for d in os.listdir(path))
-    return found
+    candidates = [os.path.join(base, "stockade")] + [os.path.join(base, h, "stockade") for h in os.listdir(base)]
+    return {p for p in candidates if os.path.isdir(p)}
+
+
+def _stockade_cgroups() -> list[str]:
+    """Containers' cgroups: the directories under the parents (whose control files, and the
+    parents themselves, which the runtime keeps, are not a container's)."""
+    return [
+        os.path.join(parent, d)
+        for parent in _stockade_parents()
+        for d in os.listdir(parent)
+        if os.path.isdir(os.path.join(parent, d))
+    ]
 
 
 def _processes_rooted_under(path: str) -> list[int]:
@@ -246,13 +247,6 @@ def _processes_rooted_under(path: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def _stockade_parents() -> set[str]:
-    """The parent cgroups containers are made under by default (one per hierarchy)."""
-    base = "/sys/fs/cgroup"
-    candidates = [os.path.join(base, "stockade")] + [os.path.join(base, h, "stockade") for h in os.listdir(base)]
-    return {p for p in candidates if os.path.isdir(p)}
 
 
 @pytest.fixture(scope="session", autouse=True)
